@@ -1,0 +1,38 @@
+//! Argument checks shared by the public entry points, so every message reads the same.
+
+use candle_core::{bail, Result, Tensor};
+
+use crate::backend::device_name;
+
+/// `t` must be a float tensor.
+pub(crate) fn check_float(op: &str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_float() {
+        bail!(
+            "{op} needs a float tensor (f32, f64, f16 or bf16), got dtype {:?} for shape {:?}",
+            t.dtype(),
+            t.dims()
+        );
+    }
+    Ok(())
+}
+
+/// `a` and `b` must share a dtype and a device.
+pub(crate) fn check_same(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        bail!(
+            "{op} needs operands of one dtype, got {:?} {:?} and {:?} {:?}; convert one with to_dtype",
+            a.dtype(),
+            a.dims(),
+            b.dtype(),
+            b.dims()
+        );
+    }
+    if !a.device().same_device(b.device()) {
+        bail!(
+            "{op} needs operands on one device, got {} and {}",
+            device_name(a.device()),
+            device_name(b.device())
+        );
+    }
+    Ok(())
+}

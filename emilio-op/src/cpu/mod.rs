@@ -1,0 +1,7 @@
+//! The CPU kernels: split activations into logs, then a parallel tiled log-domain product.
+
+pub(crate) mod dot;
+pub(crate) mod gemm;
+pub(crate) mod input;
+pub(crate) mod split;
+pub(crate) mod weight_columns;

@@ -1,0 +1,88 @@
+//! Log-domain matrix products for [Candle](https://github.com/huggingface/candle).
+//!
+//! Every product is computed as `a·b = s(a)·s(b)·exp(ln|a| + ln|b|)`, with `s = ±1` from the
+//! sign bit, and summed in `f32` (`f64` for `f64` inputs). The op follows IEEE semantics at
+//! every edge (zeros with their signs, subnormals, infinities, NaN), and a product overflows or
+//! underflows exactly where the true product does, because `exp` is only ever applied to the
+//! sum of both logs.
+//!
+//! - [`log_matmul`] / [`broadcast_log_matmul`]: two activations, the shape rules of
+//!   `Tensor::matmul` / `broadcast_matmul` (attention's `Q·Kᵀ` and `P·V`).
+//! - [`LogWeight`]: a weight converted once into `ln|w|` (`f32` or `f16`, see
+//!   [`WeightFormat`]) plus one sign bit per weight.
+//! - [`LogLinear`] ([`log_linear`], [`log_linear_no_bias`]): a drop-in `candle_nn::Linear`.
+//!
+//! # Using the op in your own model
+//! Swap `candle_nn::linear` for [`log_linear`] and `matmul` for [`log_matmul`]:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use candle_core::{DType, Device, Module, Result, Tensor, D};
+//! use candle_nn::VarBuilder;
+//! use emilio_op::{log_linear_no_bias, log_matmul, LogLinear, WeightFormat};
+//!
+//! /// A single-head self-attention block, every product in the log domain.
+//! struct Attention {
+//!     qkv: LogLinear,
+//!     out: LogLinear,
+//!     dim: usize,
+//! }
+//!
+//! impl Attention {
+//!     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+//!         let f = WeightFormat::F16;
+//!         Ok(Self {
+//!             qkv: log_linear_no_bias(dim, 3 * dim, f, vb.pp("qkv"))?,
+//!             out: log_linear_no_bias(dim, dim, f, vb.pp("out"))?,
+//!             dim,
+//!         })
+//!     }
+//!
+//!     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+//!         let qkv = self.qkv.forward(x)?;
+//!         let q = qkv.narrow(D::Minus1, 0, self.dim)?;
+//!         let k = qkv.narrow(D::Minus1, self.dim, self.dim)?;
+//!         let v = qkv.narrow(D::Minus1, 2 * self.dim, self.dim)?;
+//!         // Strided operands are fine: the op reads them through their layout.
+//!         let scores = (log_matmul(&q, &k.t()?)? / (self.dim as f64).sqrt())?;
+//!         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+//!         self.out.forward(&log_matmul(&probs, &v)?)
+//!     }
+//! }
+//!
+//! let dev = Device::Cpu;
+//! let tensors = HashMap::from([
+//!     ("qkv.weight".to_string(), Tensor::randn(0f32, 0.1, (48, 16), &dev)?),
+//!     ("out.weight".to_string(), Tensor::randn(0f32, 0.1, (16, 16), &dev)?),
+//! ]);
+//! let attn = Attention::new(16, VarBuilder::from_tensors(tensors, DType::F32, &dev))?;
+//! let y = attn.forward(&Tensor::randn(0f32, 1.0, (2, 7, 16), &dev)?)?;
+//! assert_eq!(y.dims(), &[2, 7, 16]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+//!
+//! # Accuracy
+//! Relative error of one product in the `f32` path: `(|ln|a|| + |ln|b|| + |ln|a|+ln|b||)·2⁻²⁴`
+//! from rounding the logs and their sum, plus the `exp`'s (≤ 2 ulp). With [`WeightFormat::F16`]
+//! the weight's log is rounded to 11 bits: `|ln|w||·2⁻¹¹` on top. Sums are taken in a different
+//! order from stock matmul, so compare with a tolerance that grows with `k`.
+//!
+//! # Devices
+//! The CPU kernels are multi-threaded (rayon over output columns). CUDA and Metal kernels are
+//! built with the `cuda` / `metal` features; without them the op returns an error naming the
+//! feature to build with.
+
+mod backend;
+mod check;
+mod cpu;
+mod float;
+mod linear;
+mod linear_op;
+mod matmul;
+pub mod packing;
+mod weight;
+
+pub use linear::{log_linear, log_linear_b, log_linear_no_bias, LogLinear};
+pub use linear_op::LogLinearOp;
+pub use matmul::{broadcast_log_matmul, log_matmul, LogMatMul};
+pub use weight::{LogWeight, WeightFormat};

@@ -1,0 +1,142 @@
+//! `x · wᵀ` against a [`LogWeight`]: the op behind [`crate::LogLinear`].
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CudaStorage, CustomOp3, Layout, MetalStorage, Result, Shape, Tensor,
+};
+
+use crate::backend::unsupported;
+use crate::check::check_float;
+use crate::cpu::gemm::log_gemm;
+use crate::cpu::input::Input;
+use crate::cpu::split::{ln_split, MatrixView};
+use crate::cpu::weight_columns::{Magnitudes, WeightColumns};
+use crate::packing::sign_words_per_row;
+use crate::LogWeight;
+
+/// The log-domain product of activations `x` (`(…, in)`) with a [`LogWeight`]'s transpose, as a
+/// Candle [`CustomOp3`] over `(x, magnitudes, signs)`.
+///
+/// Prefer [`LogWeight::forward`] or [`crate::LogLinear`], which check shapes first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogLinearOp;
+
+impl CustomOp3 for LogLinearOp {
+    fn name(&self) -> &'static str {
+        "emilio-log-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        mags: &CpuStorage,
+        lm: &Layout,
+        signs: &CpuStorage,
+        ls: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = lm.shape().dims2()?;
+        let magnitudes = match (mags, lm.contiguous_offsets()) {
+            (CpuStorage::F32(m), Some((lo, hi))) => Magnitudes::F32(&m[lo..hi]),
+            (CpuStorage::F16(m), Some((lo, hi))) => Magnitudes::F16(&m[lo..hi]),
+            _ => bail!(
+                "log-weight magnitudes must be contiguous f32 or f16, got {:?}",
+                mags.dtype()
+            ),
+        };
+        let signs = match (signs, ls.contiguous_offsets()) {
+            (CpuStorage::U32(s), Some((lo, hi))) if hi - lo == n * sign_words_per_row(k) => {
+                &s[lo..hi]
+            }
+            _ => bail!(
+                "log-weight signs must be contiguous u32 of shape ({n}, {}), got {:?} {:?}",
+                sign_words_per_row(k),
+                signs.dtype(),
+                ls.dims()
+            ),
+        };
+        let cols = WeightColumns {
+            magnitudes,
+            signs,
+            k,
+        };
+        match x {
+            CpuStorage::F32(x) => Ok(cpu_linear(x, lx, n, &cols)),
+            CpuStorage::F64(x) => Ok(cpu_linear(x, lx, n, &cols)),
+            CpuStorage::F16(x) => Ok(cpu_linear(x, lx, n, &cols)),
+            CpuStorage::BF16(x) => Ok(cpu_linear(x, lx, n, &cols)),
+            _ => bail!(
+                "a log-domain linear layer needs float activations (f32, f64, f16, bf16), got {:?}",
+                x.dtype()
+            ),
+        }
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Err(unsupported("the log-domain linear layer", "CUDA"))
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        Err(unsupported("the log-domain linear layer", "Metal"))
+    }
+}
+
+fn cpu_linear<S: Input>(
+    x: &[S],
+    lx: &Layout,
+    n: usize,
+    cols: &WeightColumns,
+) -> (CpuStorage, Shape) {
+    let view = MatrixView::rows_of(lx);
+    let rows = view.batch() * view.rows;
+    let split = ln_split(x, &view);
+    let y = log_gemm(1, (rows, n, cols.k), &split, cols);
+    let y: Vec<S> = y.into_iter().map(S::from_acc).collect();
+    let dims = lx.dims();
+    let shape = Shape::from(&dims[..dims.len() - 1]).extend(&[n]);
+    (S::to_cpu_storage_owned(y), shape)
+}
+
+/// Checks `x` against `w` and runs [`LogLinearOp`].
+pub(crate) fn log_linear_forward(x: &Tensor, w: &LogWeight) -> Result<Tensor> {
+    const OP: &str = "a log-domain linear layer";
+    check_float(OP, x)?;
+    let (out_dim, in_dim) = w.dims();
+    match x.dims().last() {
+        Some(&k) if k == in_dim => {}
+        _ => bail!(
+            "{OP} with weight (out, in) = ({out_dim}, {in_dim}) needs input of shape (…, {in_dim}), \
+             got {:?}",
+            x.dims()
+        ),
+    }
+    if !x.device().same_device(w.device()) {
+        bail!(
+            "{OP}: the input is on {} but the weight is on {}; move one with to_device",
+            crate::backend::device_name(x.device()),
+            crate::backend::device_name(w.device())
+        );
+    }
+    if in_dim == 0 || out_dim == 0 || x.elem_count() == 0 {
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = out_dim;
+        return Tensor::zeros(dims, x.dtype(), x.device());
+    }
+    x.apply_op3_no_bwd(w.magnitudes(), w.signs(), &LogLinearOp)
+}

@@ -1,0 +1,207 @@
+//! Log-domain weights: `ln|w|` and packed sign bits, converted once at load time.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+use half::f16;
+
+use crate::packing::{pack_sign_row, sign_words_per_row};
+
+/// How the magnitudes `ln|w|` of a [`LogWeight`] are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WeightFormat {
+    /// `f32` magnitudes: the exact reference format (4 bytes + 1 bit per weight).
+    F32,
+    /// `f16` magnitudes (2 bytes + 1 bit per weight). Rounding `ln|w|` to 11 significant bits
+    /// costs a relative error of about `|ln|w||·2⁻¹¹` per product, ≈0.1–0.2% for typical
+    /// weights, in exchange for half the bytes a decode step must read.
+    #[default]
+    F16,
+}
+
+impl WeightFormat {
+    /// The dtype of [`LogWeight::magnitudes`] in this format.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    /// Bytes of magnitude per weight (the sign bit comes on top).
+    pub fn magnitude_bytes(self) -> usize {
+        self.dtype().size_in_bytes()
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = candle_core::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => bail!("unknown log-weight format {s:?}: expected \"f32\" or \"f16\""),
+        }
+    }
+}
+
+/// A `(out, in)` weight matrix held in the log domain: magnitudes `ln|w|` and one sign bit per
+/// weight, laid out as [`crate::packing`] describes.
+///
+/// The plain weight is not kept: a `LogWeight` costs [`WeightFormat::magnitude_bytes`] plus
+/// 1/8 byte per weight. Both parts are ordinary tensors on the weight's device, so the op runs
+/// wherever Candle does.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use emilio_op::{LogWeight, WeightFormat};
+///
+/// let w = Tensor::new(&[[1.0f32, -2.0, 0.0], [0.5, 4.0, -0.25]], &Device::Cpu)?;
+/// let lw = LogWeight::from_tensor(&w, WeightFormat::F32)?;
+/// assert_eq!(lw.dims(), (2, 3));
+/// let x = Tensor::new(&[[1.0f32, 1.0, 1.0]], &Device::Cpu)?;
+/// let y = lw.forward(&x)?; // x · wᵀ
+/// let y = y.to_vec2::<f32>()?;
+/// assert!((y[0][0] - -1.0).abs() < 1e-6 && (y[0][1] - 4.25).abs() < 1e-6);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LogWeight {
+    magnitudes: Tensor,
+    signs: Tensor,
+    format: WeightFormat,
+}
+
+impl LogWeight {
+    /// Converts a `(out, in)` weight of any float dtype, on any device.
+    ///
+    /// Logs are taken in f64 and rounded once to the format, so an `f32` magnitude is the
+    /// correctly rounded `ln|w|` in all but the rarest cases and an `f16` one is never
+    /// double-rounded.
+    pub fn from_tensor(w: &Tensor, format: WeightFormat) -> Result<Self> {
+        let (out_dim, in_dim) = match w.dims() {
+            &[o, i] => (o, i),
+            dims => bail!(
+                "a log-domain weight must be a (out, in) matrix, got shape {dims:?}: \
+                 reshape it to 2-D first"
+            ),
+        };
+        if !w.dtype().is_float() {
+            bail!(
+                "a log-domain weight must be a float tensor, got dtype {:?}",
+                w.dtype()
+            );
+        }
+        let values = w
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let words = sign_words_per_row(in_dim);
+        let mut signs = vec![0u32; out_dim * words];
+        if in_dim > 0 {
+            for (row, packed) in values
+                .chunks_exact(in_dim)
+                .zip(signs.chunks_exact_mut(words))
+            {
+                pack_sign_row(row.iter().map(|v| v.is_sign_negative()), packed);
+            }
+        }
+        let logs = values.iter().map(|v| v.abs().ln());
+        let device = w.device();
+        let magnitudes = match format {
+            WeightFormat::F32 => Tensor::from_vec(
+                logs.map(|l| l as f32).collect::<Vec<_>>(),
+                (out_dim, in_dim),
+                device,
+            )?,
+            WeightFormat::F16 => Tensor::from_vec(
+                logs.map(f16::from_f64).collect::<Vec<_>>(),
+                (out_dim, in_dim),
+                device,
+            )?,
+        };
+        let signs = Tensor::from_vec(signs, (out_dim, words), device)?;
+        Ok(Self {
+            magnitudes,
+            signs,
+            format,
+        })
+    }
+
+    /// Rebuilds a weight from its parts, e.g. as saved by a converter.
+    ///
+    /// `magnitudes` is `(out, in)` in `F32` or `F16`; `signs` is `(out, ceil(in/32))` `U32`.
+    pub fn from_parts(magnitudes: Tensor, signs: Tensor) -> Result<Self> {
+        let format = match magnitudes.dtype() {
+            DType::F32 => WeightFormat::F32,
+            DType::F16 => WeightFormat::F16,
+            dtype => bail!("log-weight magnitudes must be f32 or f16, got {dtype:?}"),
+        };
+        let (out_dim, in_dim) = magnitudes.dims2()?;
+        let want = (out_dim, sign_words_per_row(in_dim));
+        if signs.dtype() != DType::U32 || signs.dims2()? != want {
+            bail!(
+                "log-weight signs must be a u32 tensor of shape {want:?} for magnitudes of \
+                 shape {:?}, got {:?} {:?}",
+                (out_dim, in_dim),
+                signs.dtype(),
+                signs.dims()
+            );
+        }
+        if !magnitudes.device().same_device(signs.device()) {
+            bail!("log-weight magnitudes and signs are on different devices");
+        }
+        Ok(Self {
+            magnitudes: magnitudes.contiguous()?,
+            signs: signs.contiguous()?,
+            format,
+        })
+    }
+
+    /// `(out, in)`, the shape of the weight this was converted from.
+    pub fn dims(&self) -> (usize, usize) {
+        let d = self.magnitudes.dims();
+        (d[0], d[1])
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// `ln|w|`, shape `(out, in)`, dtype [`WeightFormat::dtype`].
+    pub fn magnitudes(&self) -> &Tensor {
+        &self.magnitudes
+    }
+
+    /// Packed sign bits, shape `(out, ceil(in/32))`, `U32` (see [`crate::packing`]).
+    pub fn signs(&self) -> &Tensor {
+        &self.signs
+    }
+
+    pub fn device(&self) -> &Device {
+        self.magnitudes.device()
+    }
+
+    /// Bytes the weight occupies (and a decode step reads): magnitudes plus sign words.
+    pub fn size_in_bytes(&self) -> usize {
+        self.magnitudes.elem_count() * self.format.magnitude_bytes() + self.signs.elem_count() * 4
+    }
+
+    /// `x · wᵀ` in the log domain, for `x` of shape `(..., in)` and any float dtype; the result
+    /// has shape `(..., out)` and `x`'s dtype.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::linear_op::log_linear_forward(x, self)
+    }
+}
