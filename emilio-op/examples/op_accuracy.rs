@@ -26,7 +26,12 @@ fn median_secs(reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64
 }
 
 /// (max error / Σ|p|, max relative error where |ref| ≥ 1% of the row's max |ref|).
-fn errors(got: &Tensor, x: &[f32], w: &[f32], (m, k, n): (usize, usize, usize)) -> Result<(f64, f64)> {
+fn errors(
+    got: &Tensor,
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> Result<(f64, f64)> {
     let got = got.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     let (mut worst_abs, mut worst_rel) = (0f64, 0f64);
     for i in 0..m {
@@ -54,10 +59,18 @@ fn errors(got: &Tensor, x: &[f32], w: &[f32], (m, k, n): (usize, usize, usize)) 
 fn main() -> Result<()> {
     let dev = Device::Cpu;
     println!("threads: {}", rayon_threads());
-    for (m, k, n) in [(1, 896, 4864), (128, 896, 896), (1, 896, 896), (128, 896, 4864)] {
+    for (m, k, n) in [
+        (1, 896, 4864),
+        (128, 896, 896),
+        (1, 896, 896),
+        (128, 896, 4864),
+    ] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
         let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
-        let (xv, wv) = (x.flatten_all()?.to_vec1::<f32>()?, w.flatten_all()?.to_vec1::<f32>()?);
+        let (xv, wv) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+        );
         let wt = w.t()?;
         let reps = if m == 1 { 21 } else { 5 };
         let stock = median_secs(reps, || x.matmul(&wt))?;

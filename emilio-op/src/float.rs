@@ -8,6 +8,8 @@
 
 use std::ops::{Add, BitXor};
 
+use crate::cpu::weight_columns::RowMagnitudes;
+
 /// A float type the op accumulates in: `f32` (for f32, f16 and bf16 inputs) or `f64`.
 pub(crate) trait LogFloat:
     Copy + Send + Sync + Add<Output = Self> + PartialEq + std::fmt::Debug + 'static
@@ -22,8 +24,24 @@ pub(crate) trait LogFloat:
     /// `(ln|x|, sign mask of x)`.
     fn ln_split(self) -> (Self, Self::Mask);
 
-    /// `s · exp(l)` where `s` is the sign carried by `mask`.
-    fn signed_exp(l: Self, mask: Self::Mask) -> Self;
+    /// `s · exp(l)` where `s` is the sign carried by `mask`. `FMA` may only be `true` in code
+    /// compiled with fused multiply-add available (see [`crate::cpu::dot`]).
+    fn signed_exp<const FMA: bool>(l: Self, mask: Self::Mask) -> Self;
+
+    /// [`crate::cpu::dot::log_dot`] for this type: the widest kernel the CPU runs.
+    fn log_dot(la: &[Self], sa: &[Self::Mask], lb: &[Self], sb: &[Self::Mask]) -> Self;
+
+    /// One activation row against one stored weight row (magnitudes + packed signs): the
+    /// decode kernel, reading the weight in its stored form.
+    fn log_dot_weight_row(
+        la: &[Self],
+        sa: &[Self::Mask],
+        mags: RowMagnitudes<'_>,
+        signs: &[u32],
+    ) -> Self;
+
+    /// Widens one stored `f32` magnitude.
+    fn from_f32(v: f32) -> Self;
 
     /// The sign mask for bit `bit` (0 or 1) of a packed sign word.
     fn mask_from_bit(bit: u32) -> Self::Mask;
@@ -45,8 +63,24 @@ impl LogFloat for f32 {
     }
 
     #[inline(always)]
-    fn signed_exp(l: Self, mask: u32) -> Self {
-        f32::from_bits(l.exp().to_bits() ^ mask)
+    fn signed_exp<const FMA: bool>(l: Self, mask: u32) -> Self {
+        f32::from_bits(crate::cpu::exp::exp_f32::<FMA>(l).to_bits() ^ mask)
+    }
+
+    fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
+        crate::cpu::dot::log_dot_f32(la, sa, lb, sb)
+    }
+
+    fn log_dot_weight_row(la: &[f32], sa: &[u32], mags: RowMagnitudes<'_>, signs: &[u32]) -> f32 {
+        match mags {
+            RowMagnitudes::F32(m) => crate::cpu::gemv::log_dot_packed(la, sa, m, signs),
+            RowMagnitudes::F16(m) => crate::cpu::gemv::log_dot_packed(la, sa, m, signs),
+        }
+    }
+
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
     }
 
     #[inline(always)]
@@ -73,9 +107,23 @@ impl LogFloat for f64 {
         (self.abs().ln(), self.to_bits() & 0x8000_0000_0000_0000)
     }
 
+    /// The f64 path is the high-precision reference path: libm's exp, no vectorisation.
     #[inline(always)]
-    fn signed_exp(l: Self, mask: u64) -> Self {
+    fn signed_exp<const FMA: bool>(l: Self, mask: u64) -> Self {
         f64::from_bits(l.exp().to_bits() ^ mask)
+    }
+
+    fn log_dot(la: &[f64], sa: &[u64], lb: &[f64], sb: &[u64]) -> f64 {
+        crate::cpu::dot::log_dot_lanes::<f64, 8, false>(la, sa, lb, sb)
+    }
+
+    fn log_dot_weight_row(la: &[f64], sa: &[u64], mags: RowMagnitudes<'_>, signs: &[u32]) -> f64 {
+        crate::cpu::weight_columns::log_dot_weight_row_scalar(la, sa, mags, signs)
+    }
+
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v as f64
     }
 
     #[inline(always)]
@@ -115,7 +163,7 @@ mod tests {
             for &b in &values {
                 let (la, sa) = a.ln_split();
                 let (lb, sb) = b.ln_split();
-                let got = f32::signed_exp(la + lb, sa ^ sb);
+                let got = f32::signed_exp::<false>(la + lb, sa ^ sb);
                 let want = ((a as f64) * (b as f64)) as f32;
                 if want.is_nan() {
                     assert!(got.is_nan(), "{a}·{b}: want NaN, got {got}");

@@ -1,10 +1,11 @@
 //! The inner kernel: one log-domain dot product over a pair of contiguous `k`-runs.
+//!
+//! The body is plain per-lane arithmetic over a fixed number of accumulators; compiled inside a
+//! `#[target_feature]` function the compiler turns the lanes into SIMD registers. The widest
+//! instruction set the CPU has is picked at run time (AVX-512, AVX2+FMA, NEON, else SSE2).
 
+use super::isa::Isa;
 use crate::float::LogFloat;
-
-/// Independent accumulators: they break the add dependency chain so consecutive `exp`s overlap,
-/// and give the compiler a fixed-width body to vectorise the adds and XORs of.
-const LANES: usize = 8;
 
 /// `Σ_k s_a[k]·s_b[k]·exp(la[k] + lb[k])`, accumulated in `T`.
 ///
@@ -12,8 +13,20 @@ const LANES: usize = 8;
 /// identity, so with a single term the result is that product bit for bit (signed zeros kept).
 #[inline]
 pub(crate) fn log_dot<T: LogFloat>(la: &[T], sa: &[T::Mask], lb: &[T], sb: &[T::Mask]) -> T {
+    debug_assert!(sa.len() == la.len() && lb.len() == la.len() && sb.len() == la.len());
+    T::log_dot(la, sa, lb, sb)
+}
+
+/// The portable body: `LANES` independent accumulators break the add dependency chain so
+/// consecutive `exp`s overlap, and give the vectoriser a fixed-width loop.
+#[inline(always)]
+pub(crate) fn log_dot_lanes<T: LogFloat, const LANES: usize, const FMA: bool>(
+    la: &[T],
+    sa: &[T::Mask],
+    lb: &[T],
+    sb: &[T::Mask],
+) -> T {
     let k = la.len();
-    debug_assert!(sa.len() == k && lb.len() == k && sb.len() == k);
     let mut acc = [T::NEG_ZERO; LANES];
     let body = k - k % LANES;
     let chunks = la[..body]
@@ -23,12 +36,53 @@ pub(crate) fn log_dot<T: LogFloat>(la: &[T], sa: &[T::Mask], lb: &[T], sb: &[T::
         .zip(sb[..body].chunks_exact(LANES));
     for (((la, sa), lb), sb) in chunks {
         for l in 0..LANES {
-            acc[l] = acc[l] + T::signed_exp(la[l] + lb[l], sa[l] ^ sb[l]);
+            acc[l] = acc[l] + T::signed_exp::<FMA>(la[l] + lb[l], sa[l] ^ sb[l]);
         }
     }
     for i in body..k {
         let l = i - body;
-        acc[l] = acc[l] + T::signed_exp(la[i] + lb[i], sa[i] ^ sb[i]);
+        acc[l] = acc[l] + T::signed_exp::<FMA>(la[i] + lb[i], sa[i] ^ sb[i]);
     }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    // Pairwise reduction of the accumulators.
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] = acc[l] + acc[l + width];
+        }
+    }
+    acc[0]
+}
+
+/// The `f32` kernel for this CPU.
+pub(crate) fn log_dot_f32(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
+    match Isa::get() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA; the
+        // function has no other precondition (it is safe Rust compiled for that ISA).
+        Isa::Avx512 => unsafe { x86::log_dot_avx512(la, sa, lb, sb) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only detected on CPUs with AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::log_dot_avx2(la, sa, lb, sb) },
+        // NEON and fused multiply-add are part of the aarch64 baseline.
+        Isa::Neon => log_dot_lanes::<f32, 16, true>(la, sa, lb, sb),
+        _ => log_dot_lanes::<f32, 8, false>(la, sa, lb, sb),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::log_dot_lanes;
+
+    /// Two 16-lane vectors of accumulators.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn log_dot_avx512(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
+        log_dot_lanes::<f32, 32, true>(la, sa, lb, sb)
+    }
+
+    /// Two 8-lane vectors of accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn log_dot_avx2(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
+        log_dot_lanes::<f32, 16, true>(la, sa, lb, sb)
+    }
 }

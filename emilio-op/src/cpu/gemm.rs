@@ -17,6 +17,9 @@ const MAX_TILE: usize = 64;
 const TILES_PER_THREAD: usize = 8;
 /// Activation rows taken together against one column tile, sized so their logs stay in L2.
 const ROW_BLOCK: usize = 16;
+/// Up to this many rows (decode, small batches) columns are read as stored, not widened into a
+/// tile first: a tile costs a pass over the weight that only pays when reused by many rows.
+const DIRECT_MAX_ROWS: usize = 4;
 
 /// The right-hand operand as the kernels read it: columns as contiguous `k`-runs of logs and
 /// sign masks, possibly produced on the fly (f16 weights widened, packed sign bits unpacked).
@@ -32,6 +35,10 @@ pub(crate) trait Columns<T: LogFloat>: Sync {
         j1: usize,
         scratch: &'a mut Self::Scratch,
     ) -> (&'a [T], &'a [T::Mask]);
+
+    /// Output column `j` of batch `b` for one activation row, reading B as stored: for a few
+    /// rows this beats materialising a tile that would be used only once or twice.
+    fn dot_direct(&self, b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T;
 }
 
 /// Split activations as columns: `[batch][n][k]`, or one shared batch when broadcast.
@@ -56,6 +63,12 @@ impl<T: LogFloat> Columns<T> for SplitColumns<T> {
         let b = if self.shared { 0 } else { b };
         let range = (b * self.n + j0) * self.k..(b * self.n + j1) * self.k;
         (&self.split.logs[range.clone()], &self.split.masks[range])
+    }
+
+    fn dot_direct(&self, b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T {
+        let mut no_scratch = ();
+        let (lb, sb) = self.tile(b, j, j + 1, &mut no_scratch);
+        log_dot(la, sa, lb, sb)
     }
 }
 
@@ -83,6 +96,16 @@ pub(crate) fn log_gemm<T: LogFloat, C: Columns<T>>(
             |scratch, (t, ct_tile)| {
                 let j0 = t * tile;
                 let j1 = (j0 + tile).min(n);
+                if m <= DIRECT_MAX_ROWS {
+                    for j in 0..j1 - j0 {
+                        for i in 0..m {
+                            let la = &a_logs[i * k..(i + 1) * k];
+                            let sa = &a_masks[i * k..(i + 1) * k];
+                            ct_tile[j * m + i] = cols.dot_direct(b, j0 + j, la, sa);
+                        }
+                    }
+                    return;
+                }
                 let (b_logs, b_masks) = cols.tile(b, j0, j1, scratch);
                 for i0 in (0..m).step_by(ROW_BLOCK) {
                     let i1 = (i0 + ROW_BLOCK).min(m);

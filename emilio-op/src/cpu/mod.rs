@@ -1,7 +1,10 @@
 //! The CPU kernels: split activations into logs, then a parallel tiled log-domain product.
 
 pub(crate) mod dot;
+pub(crate) mod exp;
 pub(crate) mod gemm;
+pub(crate) mod gemv;
 pub(crate) mod input;
+pub(crate) mod isa;
 pub(crate) mod split;
 pub(crate) mod weight_columns;

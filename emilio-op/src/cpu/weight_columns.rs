@@ -6,10 +6,42 @@ use super::gemm::Columns;
 use crate::float::LogFloat;
 use crate::packing::{sign_bit, sign_words_per_row};
 
-/// Stored magnitudes, borrowed from the weight's CPU storage.
+/// Stored magnitudes, borrowed from the weight's CPU storage (a whole weight, or one row).
+#[derive(Clone, Copy)]
 pub(crate) enum Magnitudes<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+}
+
+/// The magnitudes of one weight row.
+pub(crate) type RowMagnitudes<'a> = Magnitudes<'a>;
+
+impl<'a> Magnitudes<'a> {
+    fn range(self, r: std::ops::Range<usize>) -> Magnitudes<'a> {
+        match self {
+            Self::F32(m) => Self::F32(&m[r]),
+            Self::F16(m) => Self::F16(&m[r]),
+        }
+    }
+}
+
+/// The decode kernel for accumulators without a SIMD build (`f64`): widen as it goes.
+pub(crate) fn log_dot_weight_row_scalar<T: LogFloat>(
+    la: &[T],
+    sa: &[T::Mask],
+    mags: RowMagnitudes<'_>,
+    signs: &[u32],
+) -> T {
+    let widen = |i: usize| match mags {
+        Magnitudes::F32(m) => T::from_f32(m[i]),
+        Magnitudes::F16(m) => T::from_f32(m[i].to_f32()),
+    };
+    let mut acc = [T::NEG_ZERO; 4];
+    for i in 0..la.len() {
+        let mask = T::mask_from_bit(sign_bit(signs, i));
+        acc[i % 4] = acc[i % 4] + T::signed_exp::<false>(la[i] + widen(i), sa[i] ^ mask);
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// Weight rows read as columns of the right-hand operand: each task widens its tile's
@@ -62,5 +94,15 @@ impl<T: LogFloat> Columns<T> for WeightColumns<'_> {
             }
         }
         (&scratch.logs, &scratch.masks)
+    }
+
+    fn dot_direct(&self, _b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T {
+        let (k, words) = (self.k, sign_words_per_row(self.k));
+        T::log_dot_weight_row(
+            la,
+            sa,
+            self.magnitudes.range(j * k..(j + 1) * k),
+            &self.signs[j * words..(j + 1) * words],
+        )
     }
 }
