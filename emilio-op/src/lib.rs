@@ -72,6 +72,8 @@
 //! built with the `cuda` / `metal` features; without them the op returns an error naming the
 //! feature to build with.
 
+#![warn(missing_docs)]
+
 mod backend;
 mod check;
 mod cpu;
@@ -81,6 +83,13 @@ mod linear_op;
 mod matmul;
 pub mod packing;
 mod weight;
+
+/// The SIMD instruction set the CPU kernels use in this process (`avx512`, `avx2`, `neon` or
+/// `baseline`): the best the CPU has, or a narrower one named by the `EMILIO_CPU_ISA`
+/// environment variable (read once; names the CPU lacks are ignored).
+pub fn cpu_isa() -> &'static str {
+    cpu::isa::Isa::get().name()
+}
 
 pub use linear::{log_linear, log_linear_b, log_linear_no_bias, LogLinear};
 pub use linear_op::LogLinearOp;

@@ -67,10 +67,12 @@ impl LogLinear {
         Self::from_weights(linear.weight(), linear.bias().cloned(), format)
     }
 
+    /// The log-domain weight.
     pub fn weight(&self) -> &LogWeight {
         &self.weight
     }
 
+    /// The bias, in the dtype it was loaded with.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -184,6 +184,13 @@ fn broadcast_shapes(a: &Tensor, b: &Tensor) -> Result<(Shape, Shape)> {
     }
     let a_batch = Shape::from(&ad[..ad.len() - 2]);
     let b_batch = Shape::from(&bd[..bd.len() - 2]);
-    let batch = a_batch.broadcast_shape_binary_op(&b_batch, "broadcast_log_matmul")?;
+    let batch = a_batch
+        .broadcast_shape_binary_op(&b_batch, "broadcast_log_matmul")
+        .map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "broadcast_log_matmul batch dimensions cannot be broadcast: lhs {ad:?}, rhs {bd:?} \
+                 (each batch dim must match or be 1)"
+            ))
+        })?;
     Ok((batch.clone().extend(&[m, k]), batch.extend(&[k, n])))
 }

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use half::f16;
+use rayon::prelude::*;
 
 use crate::packing::{pack_sign_row, sign_words_per_row};
 
@@ -56,6 +57,53 @@ impl FromStr for WeightFormat {
     }
 }
 
+/// Rows converted per block: bounds the plain copy alive at once (a 151936-row LM head is
+/// converted 4 Mi weights at a time instead of all at once).
+const CONVERT_BLOCK_ELEMS: usize = 1 << 22;
+
+/// Fills `mags` with `round(ln|w|)` and `signs` with the packed sign bits of the `(out, in)`
+/// weight `w`, a block of rows at a time, rows spread over threads.
+fn convert_rows<M: Copy + Send>(
+    w: &Tensor,
+    mags: &mut [M],
+    signs: &mut [u32],
+    round: impl Fn(f64) -> M + Sync,
+) -> Result<()> {
+    let (out_dim, in_dim) = w.dims2()?;
+    if out_dim == 0 || in_dim == 0 {
+        return Ok(());
+    }
+    let words = sign_words_per_row(in_dim);
+    let block_rows = (CONVERT_BLOCK_ELEMS / in_dim).max(1);
+    for r0 in (0..out_dim).step_by(block_rows) {
+        let rows = block_rows.min(out_dim - r0);
+        let block = w.narrow(0, r0, rows)?.to_device(&Device::Cpu)?;
+        // f64 weights keep their precision; every narrower float widens to f32 exactly.
+        let values: Vec<f64> = if block.dtype() == DType::F64 {
+            block.flatten_all()?.to_vec1::<f64>()?
+        } else {
+            let v = block
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            v.into_iter().map(f64::from).collect()
+        };
+        let mags = &mut mags[r0 * in_dim..(r0 + rows) * in_dim];
+        let signs = &mut signs[r0 * words..(r0 + rows) * words];
+        values
+            .par_chunks(in_dim)
+            .zip(mags.par_chunks_mut(in_dim))
+            .zip(signs.par_chunks_mut(words))
+            .for_each(|((row, mags), packed)| {
+                pack_sign_row(row.iter().map(|v| v.is_sign_negative()), packed);
+                for (m, v) in mags.iter_mut().zip(row) {
+                    *m = round(v.abs().ln());
+                }
+            });
+    }
+    Ok(())
+}
+
 /// A `(out, in)` weight matrix held in the log domain: magnitudes `ln|w|` and one sign bit per
 /// weight, laid out as [`crate::packing`] describes.
 ///
@@ -103,34 +151,20 @@ impl LogWeight {
                 w.dtype()
             );
         }
-        let values = w
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
         let words = sign_words_per_row(in_dim);
         let mut signs = vec![0u32; out_dim * words];
-        if in_dim > 0 {
-            for (row, packed) in values
-                .chunks_exact(in_dim)
-                .zip(signs.chunks_exact_mut(words))
-            {
-                pack_sign_row(row.iter().map(|v| v.is_sign_negative()), packed);
-            }
-        }
-        let logs = values.iter().map(|v| v.abs().ln());
         let device = w.device();
         let magnitudes = match format {
-            WeightFormat::F32 => Tensor::from_vec(
-                logs.map(|l| l as f32).collect::<Vec<_>>(),
-                (out_dim, in_dim),
-                device,
-            )?,
-            WeightFormat::F16 => Tensor::from_vec(
-                logs.map(f16::from_f64).collect::<Vec<_>>(),
-                (out_dim, in_dim),
-                device,
-            )?,
+            WeightFormat::F32 => {
+                let mut mags = vec![0f32; out_dim * in_dim];
+                convert_rows(w, &mut mags, &mut signs, |l| l as f32)?;
+                Tensor::from_vec(mags, (out_dim, in_dim), device)?
+            }
+            WeightFormat::F16 => {
+                let mut mags = vec![f16::ZERO; out_dim * in_dim];
+                convert_rows(w, &mut mags, &mut signs, f16::from_f64)?;
+                Tensor::from_vec(mags, (out_dim, in_dim), device)?
+            }
         };
         let signs = Tensor::from_vec(signs, (out_dim, words), device)?;
         Ok(Self {
@@ -176,6 +210,7 @@ impl LogWeight {
         (d[0], d[1])
     }
 
+    /// How the magnitudes are stored.
     pub fn format(&self) -> WeightFormat {
         self.format
     }
@@ -190,6 +225,7 @@ impl LogWeight {
         &self.signs
     }
 
+    /// The device both parts live on.
     pub fn device(&self) -> &Device {
         self.magnitudes.device()
     }
