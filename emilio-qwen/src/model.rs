@@ -1,0 +1,532 @@
+//! The Qwen2 fork: `candle_transformers::models::qwen2` line for line, with every linear layer a
+//! [`LogLinear`] and both attention products [`log_matmul`].
+//!
+//! Structure, names and every non-product step (rotary embedding, RMSNorm, `repeat_kv`, the causal
+//! and sliding-window mask, the KV cache, tied embeddings) are stock's, so an A/B against stock
+//! measures the log domain and nothing else. The only additions are the [`Options`] value, two
+//! input checks that turn stock's panics/opaque errors into clear ones (an empty input, and a
+//! prompt running past `max_position_embeddings`), and [`ModelForCausalLM::log_weight_bytes`].
+
+use std::sync::Arc;
+
+use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_nn::{Activation, RmsNorm, VarBuilder};
+use emilio_op::{log_linear, log_linear_no_bias, log_matmul, LogLinear, WeightFormat};
+
+pub use candle_transformers::models::qwen2::Config;
+
+/// What the fork adds to stock's constructor arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// How each linear layer's `ln|w|` is stored (default [`WeightFormat::F16`]).
+    pub weight_format: WeightFormat,
+}
+
+impl Options {
+    /// Options with the given weight format.
+    pub fn new(weight_format: WeightFormat) -> Self {
+        Self { weight_format }
+    }
+}
+
+fn rms_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
+    // Stock wraps `candle_nn::rms_norm` in a tracing span (`with_tracing::RmsNorm`); same math.
+    candle_nn::rms_norm(size, eps, vb)
+}
+
+#[derive(Debug, Clone)]
+struct RotaryEmbedding {
+    sin: Tensor,
+    cos: Tensor,
+}
+
+impl RotaryEmbedding {
+    fn new(dtype: DType, cfg: &Config, dev: &Device) -> Result<Self> {
+        let dim = cfg.hidden_size / cfg.num_attention_heads;
+        let max_seq_len = cfg.max_position_embeddings;
+        let inv_freq: Vec<_> = (0..dim)
+            .step_by(2)
+            .map(|i| 1f32 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
+            .collect();
+        let inv_freq_len = inv_freq.len();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, inv_freq_len), dev)?.to_dtype(dtype)?;
+        let t = Tensor::arange(0u32, max_seq_len as u32, dev)?
+            .to_dtype(dtype)?
+            .reshape((max_seq_len, 1))?;
+        // Not a model product: the position table, computed once exactly as stock does.
+        let freqs = t.matmul(&inv_freq)?;
+        Ok(Self {
+            sin: freqs.sin()?,
+            cos: freqs.cos()?,
+        })
+    }
+
+    fn apply_rotary_emb_qkv(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        seqlen_offset: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (_b_sz, _h, seq_len, _n_embd) = q.dims4()?;
+        let cos = self.cos.narrow(0, seqlen_offset, seq_len)?;
+        let sin = self.sin.narrow(0, seqlen_offset, seq_len)?;
+        let q_embed = candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?;
+        let k_embed = candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?;
+        Ok((q_embed, k_embed))
+    }
+}
+
+#[derive(Debug, Clone)]
+#[allow(clippy::upper_case_acronyms)]
+struct MLP {
+    gate_proj: LogLinear,
+    up_proj: LogLinear,
+    down_proj: LogLinear,
+    act_fn: Activation,
+}
+
+impl MLP {
+    fn new(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
+        let hidden_sz = cfg.hidden_size;
+        let intermediate_sz = cfg.intermediate_size;
+        let f = opts.weight_format;
+        let gate_proj = log_linear_no_bias(hidden_sz, intermediate_sz, f, vb.pp("gate_proj"))?;
+        let up_proj = log_linear_no_bias(hidden_sz, intermediate_sz, f, vb.pp("up_proj"))?;
+        let down_proj = log_linear_no_bias(intermediate_sz, hidden_sz, f, vb.pp("down_proj"))?;
+        Ok(Self {
+            gate_proj,
+            up_proj,
+            down_proj,
+            act_fn: cfg.hidden_act,
+        })
+    }
+
+    fn log_weight_bytes(&self) -> usize {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+            .iter()
+            .map(|l| l.weight().size_in_bytes())
+            .sum()
+    }
+}
+
+impl Module for MLP {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let lhs = xs.apply(&self.gate_proj)?.apply(&self.act_fn)?;
+        let rhs = xs.apply(&self.up_proj)?;
+        (lhs * rhs)?.apply(&self.down_proj)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: LogLinear,
+    k_proj: LogLinear,
+    v_proj: LogLinear,
+    o_proj: LogLinear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    num_kv_groups: usize,
+    head_dim: usize,
+    hidden_size: usize,
+    rotary_emb: Arc<RotaryEmbedding>,
+    kv_cache: Option<(Tensor, Tensor)>,
+}
+
+impl Attention {
+    fn new(
+        rotary_emb: Arc<RotaryEmbedding>,
+        cfg: &Config,
+        vb: VarBuilder,
+        opts: &Options,
+    ) -> Result<Self> {
+        let hidden_sz = cfg.hidden_size;
+        let num_heads = cfg.num_attention_heads;
+        let num_kv_heads = cfg.num_key_value_heads;
+        let num_kv_groups = num_heads / num_kv_heads;
+        let head_dim = hidden_sz / num_heads;
+        let f = opts.weight_format;
+        let q_proj = log_linear(hidden_sz, num_heads * head_dim, f, vb.pp("q_proj"))?;
+        let k_proj = log_linear(hidden_sz, num_kv_heads * head_dim, f, vb.pp("k_proj"))?;
+        let v_proj = log_linear(hidden_sz, num_kv_heads * head_dim, f, vb.pp("v_proj"))?;
+        let o_proj = log_linear_no_bias(num_heads * head_dim, hidden_sz, f, vb.pp("o_proj"))?;
+        Ok(Self {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            num_heads,
+            num_kv_heads,
+            num_kv_groups,
+            head_dim,
+            hidden_size: hidden_sz,
+            rotary_emb,
+            kv_cache: None,
+        })
+    }
+
+    fn forward(
+        &mut self,
+        xs: &Tensor,
+        attention_mask: Option<&Tensor>,
+        seqlen_offset: usize,
+    ) -> Result<Tensor> {
+        let (b_sz, q_len, _) = xs.dims3()?;
+
+        let query_states = self.q_proj.forward(xs)?;
+        let key_states = self.k_proj.forward(xs)?;
+        let value_states = self.v_proj.forward(xs)?;
+
+        let query_states = query_states
+            .reshape((b_sz, q_len, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let key_states = key_states
+            .reshape((b_sz, q_len, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let value_states = value_states
+            .reshape((b_sz, q_len, self.num_kv_heads, self.head_dim))?
+            .transpose(1, 2)?;
+
+        let (query_states, key_states) =
+            self.rotary_emb
+                .apply_rotary_emb_qkv(&query_states, &key_states, seqlen_offset)?;
+
+        let (key_states, value_states) = match &self.kv_cache {
+            None => (key_states, value_states),
+            Some((prev_k, prev_v)) => {
+                let key_states = Tensor::cat(&[prev_k, &key_states], 2)?;
+                let value_states = Tensor::cat(&[prev_v, &value_states], 2)?;
+                (key_states, value_states)
+            }
+        };
+        self.kv_cache = Some((key_states.clone(), value_states.clone()));
+
+        let key_states =
+            candle_transformers::utils::repeat_kv(key_states, self.num_kv_groups)?.contiguous()?;
+        let value_states = candle_transformers::utils::repeat_kv(value_states, self.num_kv_groups)?
+            .contiguous()?;
+
+        let attn_output = {
+            let scale = 1f64 / f64::sqrt(self.head_dim as f64);
+            // Q·Kᵀ in the log domain; the transposed operand is read through its strides.
+            let attn_weights = (log_matmul(&query_states, &key_states.transpose(2, 3)?)? * scale)?;
+
+            let attn_weights = match attention_mask {
+                None => attn_weights,
+                Some(mask) => attn_weights.broadcast_add(mask)?,
+            };
+            let attn_weights = candle_nn::ops::softmax_last_dim(&attn_weights)?;
+            // softmax·V in the log domain; masked positions are exact zeros (ln 0 = -inf).
+            log_matmul(&attn_weights, &value_states)?
+        };
+        attn_output
+            .transpose(1, 2)?
+            .reshape((b_sz, q_len, self.hidden_size))?
+            .apply(&self.o_proj)
+    }
+
+    fn clear_kv_cache(&mut self) {
+        self.kv_cache = None
+    }
+
+    fn log_weight_bytes(&self) -> usize {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+            .iter()
+            .map(|l| l.weight().size_in_bytes())
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: MLP,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(
+        rotary_emb: Arc<RotaryEmbedding>,
+        cfg: &Config,
+        vb: VarBuilder,
+        opts: &Options,
+    ) -> Result<Self> {
+        let self_attn = Attention::new(rotary_emb, cfg, vb.pp("self_attn"), opts)?;
+        let mlp = MLP::new(cfg, vb.pp("mlp"), opts)?;
+        let input_layernorm =
+            rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?;
+        let post_attention_layernorm = rms_norm(
+            cfg.hidden_size,
+            cfg.rms_norm_eps,
+            vb.pp("post_attention_layernorm"),
+        )?;
+        Ok(Self {
+            self_attn,
+            mlp,
+            input_layernorm,
+            post_attention_layernorm,
+        })
+    }
+
+    fn forward(
+        &mut self,
+        xs: &Tensor,
+        attention_mask: Option<&Tensor>,
+        seqlen_offset: usize,
+    ) -> Result<Tensor> {
+        let residual = xs;
+        let xs = self.input_layernorm.forward(xs)?;
+        let xs = self.self_attn.forward(&xs, attention_mask, seqlen_offset)?;
+        let xs = (xs + residual)?;
+        let residual = &xs;
+        let xs = xs.apply(&self.post_attention_layernorm)?.apply(&self.mlp)?;
+        residual + xs
+    }
+
+    fn clear_kv_cache(&mut self) {
+        self.self_attn.clear_kv_cache()
+    }
+}
+
+/// The Qwen2 decoder stack (embedding, layers, final norm), as stock's `qwen2::Model`.
+#[derive(Debug, Clone)]
+pub struct Model {
+    embed_tokens: candle_nn::Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    sliding_window: usize,
+    max_position_embeddings: usize,
+    device: Device,
+    dtype: DType,
+}
+
+impl Model {
+    /// Builds the stack from `vb` (tensors under `model.`) with default [`Options`].
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::new_with_options(cfg, vb, &Options::default())
+    }
+
+    /// Builds the stack from `vb` with the given options.
+    ///
+    /// Each linear layer converts its weight as it is created and the plain tensor is dropped
+    /// right away, so at no point are all plain weights held at once.
+    pub fn new_with_options(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
+        let vb_m = vb.pp("model");
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb_m.pp("embed_tokens"))?;
+        let rotary_emb = Arc::new(RotaryEmbedding::new(vb.dtype(), cfg, vb_m.device())?);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let vb_l = vb_m.pp("layers");
+        for layer_idx in 0..cfg.num_hidden_layers {
+            let layer = DecoderLayer::new(rotary_emb.clone(), cfg, vb_l.pp(layer_idx), opts)?;
+            layers.push(layer)
+        }
+        let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb_m.pp("norm"))?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            sliding_window: cfg.sliding_window,
+            max_position_embeddings: cfg.max_position_embeddings,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    fn prepare_causal_attention_mask(
+        &self,
+        b_size: usize,
+        tgt_len: usize,
+        seqlen_offset: usize,
+    ) -> Result<Tensor> {
+        // Sliding window mask?
+        let mask: Vec<_> = (0..tgt_len)
+            .flat_map(|i| {
+                (0..tgt_len).map(move |j| {
+                    if i < j || j + self.sliding_window < i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_slice(&mask, (tgt_len, tgt_len), &self.device)?;
+        let mask = if seqlen_offset > 0 {
+            let mask0 = Tensor::zeros((tgt_len, seqlen_offset), self.dtype, &self.device)?;
+            Tensor::cat(&[&mask0, &mask], D::Minus1)?
+        } else {
+            mask
+        };
+        mask.expand((b_size, 1, tgt_len, tgt_len + seqlen_offset))?
+            .to_dtype(self.dtype)
+    }
+
+    fn prepare_attention_mask(&self, attn_mask: &Tensor) -> Result<Tensor> {
+        let (b_sz, sql_len) = attn_mask.dims2()?;
+        let mut mask: Vec<Tensor> = vec![];
+        for b in 0..b_sz {
+            mask.push(attn_mask.i((b, ..))?.expand((1, 1, sql_len, sql_len))?);
+        }
+        let mask = Tensor::cat(&mask, 0)?;
+        let on_true = mask.zeros_like()?.to_dtype(self.dtype)?;
+        let on_false = Tensor::new(f32::NEG_INFINITY, &self.device)?
+            .broadcast_as(mask.shape())?
+            .to_dtype(self.dtype)?;
+        mask.where_cond(&on_true, &on_false)
+    }
+
+    /// Hidden states `(batch, seq_len, hidden)` after the final norm, for `input_ids`
+    /// `(batch, seq_len)` at positions `seqlen_offset..seqlen_offset + seq_len`, appending to the
+    /// KV cache. `attn_mask` is stock's optional `(batch, seq_len)` mask (no cache offset).
+    ///
+    /// Errors (where stock would panic or fail deep inside `narrow`) when `seq_len` is zero or
+    /// the positions run past `max_position_embeddings`.
+    pub fn forward(
+        &mut self,
+        input_ids: &Tensor,
+        seqlen_offset: usize,
+        attn_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b_size, seq_len) = input_ids.dims2()?;
+        check_positions(seq_len, seqlen_offset, self.max_position_embeddings)?;
+        let attention_mask: Option<Tensor> = match attn_mask {
+            Some(mask) => Some(self.prepare_attention_mask(mask)?),
+            None => {
+                if seq_len <= 1 {
+                    None
+                } else {
+                    Some(self.prepare_causal_attention_mask(b_size, seq_len, seqlen_offset)?)
+                }
+            }
+        };
+        let mut xs = self.embed_tokens.forward(input_ids)?;
+        for layer in self.layers.iter_mut() {
+            xs = layer.forward(&xs, attention_mask.as_ref(), seqlen_offset)?
+        }
+        xs.apply(&self.norm)
+    }
+
+    /// Empties every layer's KV cache; the next call starts at `seqlen_offset = 0`.
+    pub fn clear_kv_cache(&mut self) {
+        for layer in self.layers.iter_mut() {
+            layer.clear_kv_cache()
+        }
+    }
+
+    /// The token embedding table (kept plain: a lookup, not a product).
+    pub fn embed_tokens(&self) -> &candle_nn::Embedding {
+        &self.embed_tokens
+    }
+
+    /// Bytes held by the log-domain weights of all layers (magnitudes and sign bits).
+    pub fn log_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.self_attn.log_weight_bytes() + l.mlp.log_weight_bytes())
+            .sum()
+    }
+}
+
+fn check_positions(seq_len: usize, seqlen_offset: usize, max_positions: usize) -> Result<()> {
+    if seq_len == 0 {
+        bail!("the input has no tokens: Qwen2 needs at least one token per forward call")
+    }
+    if seqlen_offset + seq_len > max_positions {
+        bail!(
+            "positions {seqlen_offset}..{} run past max_position_embeddings = {max_positions}: \
+             {seq_len} new token(s) after {seqlen_offset} cached; shorten the prompt or the \
+             generation (at most {max_positions} tokens in all)",
+            seqlen_offset + seq_len
+        )
+    }
+    Ok(())
+}
+
+/// Qwen2 with its language-model head, as stock's `qwen2::ModelForCausalLM`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use emilio_qwen::loading::Checkpoint;
+/// use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
+/// use emilio_qwen::{Options, WeightFormat};
+///
+/// let dir = std::env::temp_dir().join(format!("emilio-qwen-doc-{}", std::process::id()));
+/// write_checkpoint(&dir, &SyntheticSpec::new(Preset::Tiny))?;
+/// let ckpt = Checkpoint::from_dir(&dir)?;
+/// let opts = Options::new(WeightFormat::F16);
+/// let mut model = ckpt.load(DType::F32, &Device::Cpu, &opts)?;
+/// let prompt = Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu)?;
+/// let logits = model.forward(&prompt, 0)?; // (1, 1, vocab): the last position only
+/// assert_eq!(logits.dims(), &[1, 1, ckpt.config.vocab_size]);
+/// let next = Tensor::new(&[[5u32]], &Device::Cpu)?;
+/// let logits = model.forward(&next, 4)?; // one decode step through the KV cache
+/// assert_eq!(logits.dims(), &[1, 1, ckpt.config.vocab_size]);
+/// std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ModelForCausalLM {
+    base_model: Model,
+    lm_head: LogLinear,
+}
+
+impl ModelForCausalLM {
+    /// Builds the model from `vb` with default [`Options`] (`f16` log weights), like stock's
+    /// `ModelForCausalLM::new`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::new_with_options(cfg, vb, &Options::default())
+    }
+
+    /// Builds the model from `vb` with the given options.
+    ///
+    /// As stock: `lm_head.weight` is used when `vb` has it, otherwise the head is tied to
+    /// `model.embed_tokens` (converted to the log domain; the plain table stays for the lookup).
+    pub fn new_with_options(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
+        let base_model = Model::new_with_options(cfg, vb.clone(), opts)?;
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            log_linear_no_bias(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                opts.weight_format,
+                vb.pp("lm_head"),
+            )?
+        } else {
+            LogLinear::from_weights(
+                base_model.embed_tokens.embeddings(),
+                None,
+                opts.weight_format,
+            )?
+        };
+        Ok(Self {
+            base_model,
+            lm_head,
+        })
+    }
+
+    /// Logits `(batch, 1, vocab)` of the last position of `input_ids` `(batch, seq_len)`, which
+    /// sit at positions `seqlen_offset..seqlen_offset + seq_len` (the KV cache holds the earlier
+    /// ones). As stock, only the last position goes through the head.
+    pub fn forward(&mut self, input_ids: &Tensor, seqlen_offset: usize) -> Result<Tensor> {
+        let (_b_size, seq_len) = input_ids.dims2()?;
+        self.base_model
+            .forward(input_ids, seqlen_offset, None)?
+            .narrow(1, seq_len - 1, 1)?
+            .apply(&self.lm_head)
+    }
+
+    /// Empties the KV cache; the next call starts at `seqlen_offset = 0`.
+    pub fn clear_kv_cache(&mut self) {
+        self.base_model.clear_kv_cache()
+    }
+
+    /// The decoder stack.
+    pub fn base_model(&self) -> &Model {
+        &self.base_model
+    }
+
+    /// Bytes held by all log-domain weights, the head included: what a decode step reads.
+    pub fn log_weight_bytes(&self) -> usize {
+        self.base_model.log_weight_bytes() + self.lm_head.weight().size_in_bytes()
+    }
+}
