@@ -1,1 +1,33 @@
-fn main() {}
+//! `emilio`: run Qwen2-family models with every product in the log domain, next to stock Candle.
+
+mod ab;
+mod bench;
+mod cli;
+mod device;
+mod generate;
+mod runner;
+mod source;
+mod stream;
+mod synth;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Generate(args) => generate::run(&args),
+        cli::Command::Ab(args) => ab::run(&args),
+        cli::Command::Bench(args) => bench::run(&args),
+        cli::Command::Synth(args) => synth::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line: "loading X: missing tensor Y".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! `emilio ab`: the same prompt and weights through both backends.
+//!
+//! Stock runs greedily and its logits at every position are recorded; the log-domain model is
+//! then teacher-forced along stock's tokens so both are compared on the same context at every
+//! position; finally the log-domain model generates greedily on its own, for the side-by-side
+//! continuation and its speed.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::cli::{AbArgs, Backend};
+use crate::generate::{encode_prompt, fit_context, stop_ids};
+use crate::runner::Runner;
+use crate::{device, source};
+
+/// How closely two logit vectors agree at one position.
+#[derive(Debug, Serialize)]
+pub struct PositionReport {
+    /// Position in the sequence (prompt included).
+    pub position: usize,
+    /// The token stock chose there (and the log-domain model was fed next).
+    pub stock_token: u32,
+    pub stock_text: String,
+    /// The log-domain model's top-1 token there.
+    pub emilio_token: u32,
+    pub top1_match: bool,
+    /// KL(stock ‖ emilio) of the softmax distributions, in nats.
+    pub kl: f64,
+    /// max_v |emilio_v − stock_v| / max_v |stock_v|.
+    pub max_rel_err: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub positions: usize,
+    pub top1_agreement: f64,
+    pub kl_mean: f64,
+    pub kl_max: f64,
+    pub max_rel_err: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Continuation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    /// The text up to the first divergence, and from it on (all in `head` when none).
+    pub head: String,
+    pub tail: String,
+}
+
+impl Continuation {
+    fn new(tokenizer: &Tokenizer, tokens: Vec<u32>, divergence: Option<usize>) -> Self {
+        let cut = divergence.unwrap_or(tokens.len()).min(tokens.len());
+        Self {
+            text: decode(tokenizer, &tokens),
+            head: decode(tokenizer, &tokens[..cut]),
+            tail: decode(tokenizer, &tokens[cut..]),
+            tokens,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Speed {
+    pub load_secs: f64,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AbReport {
+    pub model: String,
+    pub weight_format: String,
+    pub device: String,
+    pub prompt_tokens: usize,
+    pub per_position: Vec<PositionReport>,
+    pub summary: Summary,
+    pub stock: Continuation,
+    pub emilio: Continuation,
+    /// Index (within the continuations) of the first differing token, if any.
+    pub first_divergence: Option<usize>,
+    pub stock_speed: Speed,
+    pub emilio_speed: Speed,
+    /// emilio / stock tokens per second (above 1: emilio is faster).
+    pub prefill_ratio: f64,
+    pub decode_ratio: f64,
+}
+
+/// A greedy run: tokens, the logits before each, and timings.
+struct Run {
+    tokens: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    prefill_secs: f64,
+    decode_secs: f64,
+}
+
+/// Runs `model` over `prompt`, then `n` steps; each step's input is `forced[i]` if given, else
+/// the argmax. Stops early at a stop token when not forced.
+fn run_model(
+    model: &mut Runner,
+    prompt: &[u32],
+    n: usize,
+    forced: Option<&[u32]>,
+    stops: &[u32],
+    device: &Device,
+) -> Result<Run> {
+    model.clear_kv_cache();
+    let mut run = Run {
+        tokens: Vec::new(),
+        logits: Vec::new(),
+        prefill_secs: 0.0,
+        decode_secs: 0.0,
+    };
+    let start = Instant::now();
+    let ids = Tensor::new(prompt, device)?.unsqueeze(0)?;
+    let mut logits = model.forward(&ids, 0)?.squeeze(0)?.to_dtype(DType::F32)?;
+    let mut logits_vec = logits.to_vec1::<f32>()?;
+    run.prefill_secs = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..n {
+        let next = match forced {
+            Some(f) => f[i],
+            None => argmax(&logits_vec),
+        };
+        run.logits.push(logits_vec);
+        run.tokens.push(next);
+        if i + 1 == n || (forced.is_none() && stops.contains(&next)) {
+            break;
+        }
+        let ids = Tensor::new(&[next], device)?.unsqueeze(0)?;
+        logits = model
+            .forward(&ids, prompt.len() + i)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?;
+        logits_vec = logits.to_vec1::<f32>()?;
+    }
+    run.decode_secs = start.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// KL(p ‖ q) of the softmaxes of two logit vectors, in f64.
+pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let log_softmax = |l: &[f32]| {
+        let max = l.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let lse = max + l.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        l.iter().map(|&x| x as f64 - lse).collect::<Vec<_>>()
+    };
+    let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));
+    lp.iter()
+        .zip(&lq)
+        .map(|(&a, &b)| {
+            if a == f64::NEG_INFINITY {
+                0.0
+            } else {
+                a.exp() * (a - b)
+            }
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// max_v |q_v − p_v| / max_v |p_v|: the worst logit error relative to the logits' scale.
+pub fn max_rel_err(p: &[f32], q: &[f32]) -> f64 {
+    let scale = p.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    let err = p
+        .iter()
+        .zip(q)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    if scale > 0.0 {
+        err / scale
+    } else {
+        err
+    }
+}
+
+fn decode(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
+    tokenizer
+        .decode(tokens, false)
+        .unwrap_or_else(|e| format!("<undecodable: {e}>"))
+}
+
+pub fn run(args: &AbArgs) -> Result<()> {
+    let device = device::open(args.model.device)?;
+    let files = source::resolve(&args.model.model, &args.model.revision)?;
+    let tokenizer = files.tokenizer()?;
+    let prompt = encode_prompt(&tokenizer, &args.prompt)?;
+    let max_pos = files.checkpoint.config.max_position_embeddings;
+    let n = fit_context(prompt.len(), args.max_tokens, max_pos)?.max(1);
+    let stops = stop_ids(&tokenizer);
+    let format = args.model.weight_format;
+
+    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, &device)?;
+    let stock_run = run_model(&mut stock, &prompt, n, None, &stops, &device)?;
+    drop(stock);
+    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, &device)?;
+    let forced = run_model(
+        &mut emilio,
+        &prompt,
+        stock_run.tokens.len(),
+        Some(&stock_run.tokens),
+        &stops,
+        &device,
+    )?;
+    let own = run_model(&mut emilio, &prompt, n, None, &stops, &device)?;
+
+    let per_position: Vec<PositionReport> = stock_run
+        .logits
+        .iter()
+        .zip(&forced.logits)
+        .zip(&stock_run.tokens)
+        .enumerate()
+        .map(|(i, ((s, e), &tok))| PositionReport {
+            position: prompt.len() - 1 + i,
+            stock_token: tok,
+            stock_text: decode(&tokenizer, &[tok]),
+            emilio_token: argmax(e),
+            top1_match: argmax(e) == argmax(s),
+            kl: kl_divergence(s, e),
+            max_rel_err: max_rel_err(s, e),
+        })
+        .collect();
+    let count = per_position.len().max(1) as f64;
+    let summary = Summary {
+        positions: per_position.len(),
+        top1_agreement: per_position.iter().filter(|p| p.top1_match).count() as f64 / count,
+        kl_mean: per_position.iter().map(|p| p.kl).sum::<f64>() / count,
+        kl_max: per_position.iter().fold(0.0, |m, p| m.max(p.kl)),
+        max_rel_err: per_position.iter().fold(0.0, |m, p| m.max(p.max_rel_err)),
+    };
+    let first_divergence = stock_run
+        .tokens
+        .iter()
+        .zip(&own.tokens)
+        .position(|(a, b)| a != b)
+        .or((stock_run.tokens.len() != own.tokens.len())
+            .then(|| stock_run.tokens.len().min(own.tokens.len())));
+    let speed = |r: &Run, load: std::time::Duration| Speed {
+        load_secs: load.as_secs_f64(),
+        prefill_tok_s: prompt.len() as f64 / r.prefill_secs.max(1e-9),
+        decode_tok_s: (r.tokens.len().saturating_sub(1)) as f64 / r.decode_secs.max(1e-9),
+    };
+    let stock_speed = speed(&stock_run, stock_load);
+    let emilio_speed = speed(&own, emilio_load);
+    let report = AbReport {
+        model: files.label.clone(),
+        weight_format: format.to_string(),
+        device: format!("{:?}", args.model.device).to_lowercase(),
+        prompt_tokens: prompt.len(),
+        summary,
+        per_position,
+        stock: Continuation::new(&tokenizer, stock_run.tokens, first_divergence),
+        emilio: Continuation::new(&tokenizer, own.tokens, first_divergence),
+        first_divergence,
+        prefill_ratio: emilio_speed.prefill_tok_s / stock_speed.prefill_tok_s,
+        decode_ratio: emilio_speed.decode_tok_s / stock_speed.decode_tok_s.max(1e-9),
+        stock_speed,
+        emilio_speed,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &AbReport) {
+    println!(
+        "emilio ab: {} | log weights {} | device {} | prompt {} tokens",
+        r.model, r.weight_format, r.device, r.prompt_tokens
+    );
+    println!();
+    println!("teacher-forced along stock's greedy tokens:");
+    println!(
+        "{:>5}  {:<16} {:>5}  {:>10}  {:>11}",
+        "pos", "stock token", "top-1", "KL (nats)", "max rel err"
+    );
+    for p in &r.per_position {
+        println!(
+            "{:>5}  {:<16} {:>5}  {:>10.3e}  {:>11.3e}",
+            p.position,
+            format!("{:?}", p.stock_text)
+                .chars()
+                .take(16)
+                .collect::<String>(),
+            if p.top1_match { "yes" } else { "NO" },
+            p.kl,
+            p.max_rel_err
+        );
+    }
+    let s = &r.summary;
+    println!(
+        "summary: top-1 agreement {:.1}% of {} positions | KL mean {:.3e}, max {:.3e} | max rel logit error {:.3e}",
+        s.top1_agreement * 100.0,
+        s.positions,
+        s.kl_mean,
+        s.kl_max,
+        s.max_rel_err
+    );
+    println!();
+    match r.first_divergence {
+        Some(i) => println!("greedy continuations (they part at generated token {i}, marked ▶):"),
+        None => println!("greedy continuations (identical):"),
+    }
+    for (name, c) in [("stock ", &r.stock), ("emilio", &r.emilio)] {
+        if r.first_divergence.is_some() {
+            println!("  {name}: {:?} ▶ {:?}", c.head, c.tail);
+        } else {
+            println!("  {name}: {:?}", c.text);
+        }
+    }
+    println!();
+    println!(
+        "{:<16} {:>9} {:>14} {:>13}",
+        "speed", "load (s)", "prefill tok/s", "decode tok/s"
+    );
+    println!(
+        "{:<16} {:>9.2} {:>14.1} {:>13.2}",
+        "stock f32",
+        r.stock_speed.load_secs,
+        r.stock_speed.prefill_tok_s,
+        r.stock_speed.decode_tok_s
+    );
+    println!(
+        "{:<16} {:>9.2} {:>14.1} {:>13.2}",
+        format!("emilio {}", r.weight_format),
+        r.emilio_speed.load_secs,
+        r.emilio_speed.prefill_tok_s,
+        r.emilio_speed.decode_tok_s
+    );
+    println!(
+        "{:<16} {:>9} {:>13.3}x {:>12.3}x",
+        "emilio / stock", "", r.prefill_ratio, r.decode_ratio
+    );
+}

@@ -1,0 +1,300 @@
+//! `emilio bench`: speed against stock Candle, measured in the same run, as ratios.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Module, Tensor};
+use emilio_op::{LogLinear, WeightFormat};
+use serde::Serialize;
+
+use crate::cli::{Backend, BenchArgs, BenchModelArgs, BenchOpArgs, BenchTarget};
+use crate::runner::Runner;
+use crate::{device, source};
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match &args.target {
+        BenchTarget::Op(a) => op(a),
+        BenchTarget::Model(a) => model(a),
+    }
+}
+
+/// Median seconds of `reps` runs of `f`, after one warm-up run.
+fn median_secs<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The linear layers of Qwen2.5-0.5B: (name, in, out).
+const QWEN25_05B_LINEARS: [(&str, usize, usize); 5] = [
+    ("q_proj / o_proj", 896, 896),
+    ("k_proj / v_proj", 896, 128),
+    ("gate / up", 896, 4864),
+    ("down", 4864, 896),
+    ("lm_head", 896, 151_936),
+];
+
+#[derive(Debug, Serialize)]
+struct OpCase {
+    layer: String,
+    rows: usize,
+    k: usize,
+    n: usize,
+    stock_ms: f64,
+    emilio_f32_ms: f64,
+    emilio_f16_ms: f64,
+    /// stock time / emilio time (above 1: emilio is faster).
+    speedup_f32: f64,
+    speedup_f16: f64,
+    /// Weight bytes each implementation must read per call.
+    stock_bytes: usize,
+    emilio_f16_bytes: usize,
+    /// Weight bytes read per second by emilio f16 (GB/s), meaningful for decode rows.
+    emilio_f16_gb_s: f64,
+    /// Products (exp evaluations) per second, emilio f16, in billions.
+    emilio_f16_gprod_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct OpReport {
+    isa: &'static str,
+    threads: usize,
+    reps: usize,
+    cases: Vec<OpCase>,
+}
+
+fn op(args: &BenchOpArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let mut cases = Vec::new();
+    for (layer, k, n) in QWEN25_05B_LINEARS {
+        for rows in [1, args.prefill_rows] {
+            if layer == "lm_head" && rows > 1 {
+                continue; // generation applies the head to the last position only
+            }
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
+            let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
+            let stock = candle_nn::Linear::new(w.clone(), None);
+            let f32w = LogLinear::from_weights(&w, None, WeightFormat::F32)?;
+            let f16w = LogLinear::from_weights(&w, None, WeightFormat::F16)?;
+            let reps = if rows == 1 { args.reps * 3 } else { args.reps };
+            let stock_s = median_secs(reps, || Ok(stock.forward(&x)?))?;
+            let f32_s = median_secs(reps, || Ok(f32w.forward(&x)?))?;
+            let f16_s = median_secs(reps, || Ok(f16w.forward(&x)?))?;
+            let f16_bytes = f16w.weight().size_in_bytes();
+            cases.push(OpCase {
+                layer: layer.to_string(),
+                rows,
+                k,
+                n,
+                stock_ms: stock_s * 1e3,
+                emilio_f32_ms: f32_s * 1e3,
+                emilio_f16_ms: f16_s * 1e3,
+                speedup_f32: stock_s / f32_s,
+                speedup_f16: stock_s / f16_s,
+                stock_bytes: n * k * 4,
+                emilio_f16_bytes: f16_bytes,
+                emilio_f16_gb_s: f16_bytes as f64 / f16_s / 1e9,
+                emilio_f16_gprod_s: (rows * k * n) as f64 / f16_s / 1e9,
+            });
+        }
+    }
+    let report = OpReport {
+        isa: emilio_op::cpu_isa(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        reps: args.reps,
+        cases,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "emilio bench op: Qwen2.5-0.5B linear shapes, CPU ({} kernels, {} threads), median of {} reps (3x for decode)",
+        report.isa, report.threads, report.reps
+    );
+    println!(
+        "{:<18} {:>5} {:>6}  {:>10} {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>9}",
+        "layer",
+        "rows",
+        "k→n",
+        "stock ms",
+        "f32 ms",
+        "f16 ms",
+        "f32 ×",
+        "f16 ×",
+        "f16 GB/s",
+        "f16 Gp/s"
+    );
+    for c in &report.cases {
+        println!(
+            "{:<18} {:>5} {:>6}  {:>10.3} {:>10.3} {:>10.3}  {:>7.3}x {:>7.3}x  {:>8.2} {:>9.2}",
+            c.layer,
+            c.rows,
+            format!("{}→{}", c.k, c.n),
+            c.stock_ms,
+            c.emilio_f32_ms,
+            c.emilio_f16_ms,
+            c.speedup_f32,
+            c.speedup_f16,
+            c.emilio_f16_gb_s,
+            c.emilio_f16_gprod_s
+        );
+    }
+    println!("× = stock time / emilio time (above 1: emilio faster). GB/s = weight bytes read per second.");
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct ModelSide {
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    /// Weight bytes read per decoded token (every linear layer and the head once).
+    weight_bytes_per_token: usize,
+    load_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelReport {
+    model: String,
+    weight_format: String,
+    isa: &'static str,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    reps: usize,
+    stock: ModelSide,
+    emilio: ModelSide,
+    /// emilio / stock tokens per second (above 1: emilio is faster).
+    prefill_ratio: f64,
+    decode_ratio: f64,
+}
+
+/// (prefill seconds, decode seconds) of one run: the prompt, then `decode` greedy steps.
+fn time_run(m: &mut Runner, prompt: &[u32], decode: usize, dev: &Device) -> Result<(f64, f64)> {
+    m.clear_kv_cache();
+    let start = Instant::now();
+    let logits = m.forward(&Tensor::new(prompt, dev)?.unsqueeze(0)?, 0)?;
+    let mut next = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
+    let prefill = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..decode {
+        let logits = m.forward(&Tensor::new(&[next], dev)?.unsqueeze(0)?, prompt.len() + i)?;
+        next = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
+    }
+    Ok((prefill, start.elapsed().as_secs_f64()))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn model(args: &BenchModelArgs) -> Result<()> {
+    let dev = device::open(args.model.device)?;
+    let files = source::resolve(&args.model.model, &args.model.revision)?;
+    let cfg = files.checkpoint.config.clone();
+    let needed = args.prompt_tokens + args.decode_tokens;
+    if args.prompt_tokens == 0 || needed > cfg.max_position_embeddings {
+        anyhow::bail!(
+            "--prompt-tokens {} + --decode-tokens {} must be between 1 and the model's context of {}",
+            args.prompt_tokens,
+            args.decode_tokens,
+            cfg.max_position_embeddings
+        )
+    }
+    // A fixed pseudo-random prompt of ordinary token ids (no specials).
+    let vocab = files.tokenizer()?.get_vocab_size(false).min(cfg.vocab_size) as u64;
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
+        .map(|i| ((i * 2_654_435_761 + 12_345) % vocab.max(1)) as u32)
+        .collect();
+    let format = args.model.weight_format;
+    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, &dev)?;
+    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, &dev)?;
+    let (mut sp, mut sd, mut ep, mut ed) = (vec![], vec![], vec![], vec![]);
+    // Alternate the backends so drift in machine load affects both alike.
+    for _ in 0..args.reps.max(1) {
+        let (p, d) = time_run(&mut stock, &prompt, args.decode_tokens, &dev)?;
+        sp.push(p);
+        sd.push(d);
+        let (p, d) = time_run(&mut emilio, &prompt, args.decode_tokens, &dev)?;
+        ep.push(p);
+        ed.push(d);
+    }
+    let params = linear_params(&cfg);
+    let log_bytes = match &emilio {
+        Runner::Emilio(m) => m.log_weight_bytes(),
+        Runner::Stock(_) => unreachable!("loaded as the emilio backend"),
+    };
+    let tok_s = |n: usize, secs: f64| n as f64 / secs.max(1e-9);
+    let stock_side = ModelSide {
+        prefill_tok_s: tok_s(args.prompt_tokens, median(sp)),
+        decode_tok_s: tok_s(args.decode_tokens, median(sd)),
+        weight_bytes_per_token: params * DType::F32.size_in_bytes(),
+        load_secs: stock_load.as_secs_f64(),
+    };
+    let emilio_side = ModelSide {
+        prefill_tok_s: tok_s(args.prompt_tokens, median(ep)),
+        decode_tok_s: tok_s(args.decode_tokens, median(ed)),
+        weight_bytes_per_token: log_bytes,
+        load_secs: emilio_load.as_secs_f64(),
+    };
+    let report = ModelReport {
+        model: files.label.clone(),
+        weight_format: format.to_string(),
+        isa: emilio_op::cpu_isa(),
+        prompt_tokens: args.prompt_tokens,
+        decode_tokens: args.decode_tokens,
+        reps: args.reps.max(1),
+        prefill_ratio: emilio_side.prefill_tok_s / stock_side.prefill_tok_s,
+        decode_ratio: emilio_side.decode_tok_s / stock_side.decode_tok_s,
+        stock: stock_side,
+        emilio: emilio_side,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "emilio bench model: {} | prompt {} tokens, decode {} tokens | median of {} | CPU kernels {}",
+        report.model, report.prompt_tokens, report.decode_tokens, report.reps, report.isa
+    );
+    println!(
+        "{:<16} {:>14} {:>13} {:>16} {:>9}",
+        "backend", "prefill tok/s", "decode tok/s", "weight MB/token", "load (s)"
+    );
+    for (name, s) in [
+        ("stock f32".to_string(), &report.stock),
+        (format!("emilio {}", report.weight_format), &report.emilio),
+    ] {
+        println!(
+            "{:<16} {:>14.2} {:>13.2} {:>16.1} {:>9.2}",
+            name,
+            s.prefill_tok_s,
+            s.decode_tok_s,
+            s.weight_bytes_per_token as f64 / 1e6,
+            s.load_secs
+        );
+    }
+    println!(
+        "{:<16} {:>13.3}x {:>12.3}x {:>15.3}x",
+        "emilio / stock",
+        report.prefill_ratio,
+        report.decode_ratio,
+        report.emilio.weight_bytes_per_token as f64 / report.stock.weight_bytes_per_token as f64
+    );
+    Ok(())
+}
+
+/// Weights of every linear layer and the head: what a decode step reads.
+fn linear_params(cfg: &emilio_qwen::Config) -> usize {
+    let h = cfg.hidden_size;
+    let head_dim = h / cfg.num_attention_heads;
+    let kv = cfg.num_key_value_heads * head_dim;
+    let per_layer = h * h * 2 + h * kv * 2 + 3 * h * cfg.intermediate_size;
+    per_layer * cfg.num_hidden_layers + cfg.vocab_size * h
+}

@@ -1,0 +1,67 @@
+//! One interface over both backends, and the timing of a load.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::qwen2 as stock;
+use emilio_op::WeightFormat;
+use emilio_qwen::Options;
+
+use crate::cli::Backend;
+use crate::source::ModelFiles;
+
+/// A loaded causal LM of either backend.
+pub enum Runner {
+    Emilio(emilio_qwen::ModelForCausalLM),
+    Stock(stock::ModelForCausalLM),
+}
+
+impl Runner {
+    /// Loads `backend` from `files`; activations in f32 on `device`.
+    pub fn load(
+        files: &ModelFiles,
+        backend: Backend,
+        format: WeightFormat,
+        device: &Device,
+    ) -> Result<(Self, Duration)> {
+        let start = Instant::now();
+        let ckpt = &files.checkpoint;
+        let runner = match backend {
+            Backend::Emilio => Runner::Emilio(
+                ckpt.load(DType::F32, device, &Options::new(format))
+                    .with_context(|| load_context(files, "emilio"))?,
+            ),
+            Backend::Stock => Runner::Stock(
+                ckpt.load_stock(DType::F32, device)
+                    .with_context(|| load_context(files, "stock"))?,
+            ),
+        };
+        Ok((runner, start.elapsed()))
+    }
+
+    /// Logits `(batch, vocab)` of the last of `ids` `(batch, seq)`, appending to the KV cache.
+    pub fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let logits = match self {
+            Runner::Emilio(m) => m.forward(ids, offset)?,
+            Runner::Stock(m) => m.forward(ids, offset)?,
+        };
+        Ok(logits.squeeze(1)?)
+    }
+
+    /// Forgets every position.
+    pub fn clear_kv_cache(&mut self) {
+        match self {
+            Runner::Emilio(m) => m.clear_kv_cache(),
+            Runner::Stock(m) => m.clear_kv_cache(),
+        }
+    }
+}
+
+fn load_context(files: &ModelFiles, backend: &str) -> String {
+    format!(
+        "loading {} ({backend} backend; if a file is truncated or corrupt, download it again \
+         or rewrite it with `emilio synth`)",
+        files.label
+    )
+}
