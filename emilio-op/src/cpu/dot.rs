@@ -60,7 +60,7 @@ pub(crate) fn log_dot_f32(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA; the
         // function has no other precondition (it is safe Rust compiled for that ISA).
-        Isa::Avx512 => unsafe { x86::log_dot_avx512(la, sa, lb, sb) },
+        Isa::Avx512 => unsafe { super::avx512::log_dot(la, sa, lb, sb) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only detected on CPUs with AVX2 and FMA.
         Isa::Avx2 => unsafe { x86::log_dot_avx2(la, sa, lb, sb) },
@@ -73,12 +73,6 @@ pub(crate) fn log_dot_f32(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::log_dot_lanes;
-
-    /// Two 16-lane vectors of accumulators.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn log_dot_avx512(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
-        log_dot_lanes::<f32, 32, true>(la, sa, lb, sb)
-    }
 
     /// Two 8-lane vectors of accumulators.
     #[target_feature(enable = "avx2,fma")]

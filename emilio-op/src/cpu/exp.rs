@@ -13,16 +13,32 @@
 //! Inputs past the overflow threshold give `+inf`, past the underflow threshold `+0`, `-inf`
 //! gives `+0` and NaN stays NaN. Measured error: see the sweep test below (≤ 2 ulp required).
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-/// `1.5·2²³`: adding it rounds to an integer held in the low mantissa bits.
-const ROUND_MAGIC: f32 = 12_582_912.0;
-/// `ln 2` split so that `n·LN2_HI` is exact for `|n| ≤ 2⁸`.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-/// Beyond these `exp` is `+inf` / below the smallest subnormal; clamping keeps `n` in
-/// `[-150, 129]` so both power-of-two factors stay normal numbers.
-const X_MAX: f32 = 89.0;
-const X_MIN: f32 = -104.0;
+/// The constants of the algorithm, shared with the intrinsics kernels so both compute the same.
+pub(crate) mod consts {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// `1.5·2²³`: adding it rounds to an integer held in the low mantissa bits.
+    pub const ROUND_MAGIC: f32 = 12_582_912.0;
+    /// `ln 2` split so that `n·LN2_HI` is exact for `|n| ≤ 2⁸`.
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// Beyond these `exp` is `+inf` / below the smallest subnormal; clamping keeps `n` in
+    /// `[-150, 128]` so both power-of-two factors stay normal numbers.
+    pub const X_MAX: f32 = 89.0;
+    pub const X_MIN: f32 = -104.0;
+    /// Taylor coefficients of `e^r`, highest degree first: `1/7!, 1/6!, …, 1/1!, 1/0!`.
+    pub const TAYLOR: [f32; 8] = [
+        1.0 / 5040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+}
+
+use consts::*;
 
 /// `a·b + c`, fused where the target has FMA (`FMA = true`), else a multiply and an add: a
 /// software `fma` call would cost more than the whole exp.
@@ -46,14 +62,10 @@ pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     let r = madd::<FMA>(-n_f, LN2_HI, xc);
     let r = madd::<FMA>(-n_f, LN2_LO, r);
     // Horner, 1/7! down to 1.
-    let mut p = 1.0 / 5040.0;
-    p = madd::<FMA>(p, r, 1.0 / 720.0);
-    p = madd::<FMA>(p, r, 1.0 / 120.0);
-    p = madd::<FMA>(p, r, 1.0 / 24.0);
-    p = madd::<FMA>(p, r, 1.0 / 6.0);
-    p = madd::<FMA>(p, r, 0.5);
-    p = madd::<FMA>(p, r, 1.0);
-    p = madd::<FMA>(p, r, 1.0);
+    let mut p = TAYLOR[0];
+    for &c in &TAYLOR[1..] {
+        p = madd::<FMA>(p, r, c);
+    }
     let n1 = n >> 1;
     let n2 = n - n1;
     let s1 = f32::from_bits(((n1 + 127) as u32) << 23);

@@ -13,8 +13,17 @@ use crate::packing::SIGN_BITS_PER_WORD;
 
 const W: usize = SIGN_BITS_PER_WORD;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use super::avx512::Magnitude16 as MagnitudeSimd;
+
+/// Where no intrinsics kernel exists, nothing more is asked of a magnitude type.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) trait MagnitudeSimd {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T> MagnitudeSimd for T {}
+
 /// A stored log magnitude the kernel widens to `f32` in registers.
-pub(crate) trait Magnitude: Copy + Send + Sync + 'static {
+pub(crate) trait Magnitude: Copy + Send + Sync + 'static + MagnitudeSimd {
     fn widen(self) -> f32;
 }
 
@@ -48,7 +57,7 @@ impl Magnitude for f16 {
 /// `Σ_k s(x)·s(w)·exp(ln|x| + ln|w|)` for one activation row (`la`, `sa`) and one weight row
 /// (`mags`, packed `signs`), with 32 accumulators: one per lane of a sign word.
 #[inline(always)]
-fn log_dot_packed_lanes<M: Magnitude, const FMA: bool>(
+pub(crate) fn log_dot_packed_lanes<M: Magnitude, const FMA: bool>(
     la: &[f32],
     sa: &[u32],
     mags: &[M],
@@ -96,7 +105,7 @@ pub(crate) fn log_dot_packed<M: Magnitude>(
     match Isa::get() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA.
-        Isa::Avx512 => unsafe { x86::packed_avx512(la, sa, mags, signs) },
+        Isa::Avx512 => unsafe { super::avx512::log_dot_packed(la, sa, mags, signs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only detected on CPUs with AVX2 and FMA.
         Isa::Avx2 => unsafe { x86::packed_avx2(la, sa, mags, signs) },
@@ -108,16 +117,6 @@ pub(crate) fn log_dot_packed<M: Magnitude>(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{log_dot_packed_lanes, Magnitude};
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn packed_avx512<M: Magnitude>(
-        la: &[f32],
-        sa: &[u32],
-        mags: &[M],
-        signs: &[u32],
-    ) -> f32 {
-        log_dot_packed_lanes::<M, true>(la, sa, mags, signs)
-    }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn packed_avx2<M: Magnitude>(

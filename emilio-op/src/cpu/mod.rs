@@ -1,5 +1,7 @@
 //! The CPU kernels: split activations into logs, then a parallel tiled log-domain product.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub(crate) mod dot;
 pub(crate) mod exp;
 pub(crate) mod gemm;

@@ -1,0 +1,282 @@
+//! AVX-512 kernels written with intrinsics: the same arithmetic as the portable kernels, in
+//! about half the instructions.
+//!
+//! The portable `exp` spends a third of its work applying `2ⁿ` through integer tricks and
+//! guarding NaN; AVX-512 does both in one `vscalefps` (`p·2^⌊n⌋`, correctly rounded, gradual
+//! underflow and overflow included). f16 magnitudes widen with one `vcvtph2ps`, and a packed
+//! sign word becomes a lane mask as it is. Lane assignment, accumulation and reduction order are
+//! those of the portable kernels with 32 accumulators, so results are bit-identical to them
+//! (tested below), and the portable code stays the reference.
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+/// `e^x` for 16 lanes: the reduction and polynomial of [`super::exp::exp_f32`] with fused
+/// multiply-adds, and `2ⁿ` applied by `vscalefps`. Bit-identical to `exp_f32::<true>`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: __m512) -> __m512 {
+    use super::exp::consts::*;
+    // MINPS/MAXPS return their second operand when either is NaN: with `x` second, a NaN
+    // passes both clamps and propagates through the arithmetic to the result.
+    let x = _mm512_min_ps(_mm512_set1_ps(X_MAX), x);
+    let x = _mm512_max_ps(_mm512_set1_ps(X_MIN), x);
+    let magic = _mm512_set1_ps(ROUND_MAGIC);
+    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), magic);
+    let n = _mm512_sub_ps(t, magic);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(TAYLOR[0]);
+    for &c in &TAYLOR[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+/// `acc + s·exp(l)`, the sign given as a mask of sign bits.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn accumulate(acc: __m512, l: __m512, sign: __m512i) -> __m512 {
+    let e = _mm512_castps_si512(exp16(l));
+    _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_xor_si512(e, sign)))
+}
+
+/// Loads 16 lanes from `s[i..]`, zero past the end of the slice (masked lanes are not read).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load_ps(s: &[f32], i: usize) -> (__m512, __mmask16) {
+    let n = s.len().saturating_sub(i).min(16);
+    let mask = ((1u32 << n) - 1) as __mmask16;
+    // SAFETY: lanes past `n` are masked off, and masked lanes are never accessed (AVX-512
+    // masked loads suppress faults), so only `s[i..i + n]` is read.
+    let v = unsafe { _mm512_maskz_loadu_ps(mask, s.as_ptr().wrapping_add(i)) };
+    (v, mask)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load_epi32(s: &[u32], i: usize) -> __m512i {
+    let n = s.len().saturating_sub(i).min(16);
+    let mask = ((1u32 << n) - 1) as __mmask16;
+    // SAFETY: as in `load_ps`: only the `n` in-bounds lanes are read.
+    unsafe { _mm512_maskz_loadu_epi32(mask, s.as_ptr().wrapping_add(i) as *const i32) }
+}
+
+/// The sum of 32 accumulator lanes in the portable kernels' pairwise order (lane `l` takes
+/// lane `l + width`, halving the width), spelled out rather than left to a library reduction
+/// whose order is unspecified.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn reduce(a: __m512, b: __m512) -> f32 {
+    let mut lanes = [0f32; 16];
+    // SAFETY: stores 16 lanes into a 16-float array.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(a, b)) };
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+    }
+    lanes[0]
+}
+
+/// [`super::dot::log_dot`] on activations: logs and per-element sign masks on both sides.
+#[target_feature(enable = "avx512f")]
+pub(super) fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
+    let k = la.len();
+    assert!(sa.len() == k && lb.len() == k && sb.len() == k);
+    let mut acc = [_mm512_set1_ps(-0.0); 2];
+    for i in (0..k).step_by(32) {
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let j = i + 16 * h;
+            if j >= k {
+                break;
+            }
+            let (a, mask) = load_ps(la, j);
+            let (b, _) = load_ps(lb, j);
+            let sign = _mm512_xor_si512(load_epi32(sa, j), load_epi32(sb, j));
+            let sum = accumulate(*acc, _mm512_add_ps(a, b), sign);
+            *acc = _mm512_mask_mov_ps(*acc, mask, sum);
+        }
+    }
+    reduce(acc[0], acc[1])
+}
+
+/// A stored magnitude type the AVX-512 decode kernel widens in registers.
+pub(crate) trait Magnitude16: Copy {
+    /// 16 magnitudes from `s[i..]` as f32, zero past the end.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    unsafe fn load16(s: &[Self], i: usize) -> __m512;
+}
+
+impl Magnitude16 for f32 {
+    #[inline(always)]
+    unsafe fn load16(s: &[f32], i: usize) -> __m512 {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { load_ps(s, i).0 }
+    }
+}
+
+impl Magnitude16 for f16 {
+    #[inline(always)]
+    unsafe fn load16(s: &[f16], i: usize) -> __m512 {
+        let n = s.len().saturating_sub(i).min(16);
+        let bits = if n == 16 {
+            // SAFETY: `s[i..i + 16]` is in bounds (n == 16): 32 bytes, unaligned load.
+            unsafe { _mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i) }
+        } else {
+            let mut tail = [f16::ZERO; 16];
+            tail[..n].copy_from_slice(&s[i..i + n]);
+            // SAFETY: `tail` is 16 f16 = 32 bytes on the stack.
+            unsafe { _mm256_loadu_si256(tail.as_ptr() as *const __m256i) }
+        };
+        // SAFETY: the caller guarantees AVX-512F, which has the 512-bit half conversion.
+        unsafe { _mm512_cvtph_ps(bits) }
+    }
+}
+
+/// [`super::gemv::log_dot_packed`]: activation logs and masks against one stored weight row.
+#[target_feature(enable = "avx512f")]
+pub(super) fn log_dot_packed<M: Magnitude16>(
+    la: &[f32],
+    sa: &[u32],
+    mags: &[M],
+    signs: &[u32],
+) -> f32 {
+    let k = la.len();
+    assert!(sa.len() == k && mags.len() == k && signs.len() == k.div_ceil(32));
+    let sign_bit = _mm512_set1_epi32(i32::MIN);
+    let mut acc = [_mm512_set1_ps(-0.0); 2];
+    for (q, &word) in signs.iter().enumerate() {
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let j = 32 * q + 16 * h;
+            if j >= k {
+                break;
+            }
+            let (a, mask) = load_ps(la, j);
+            // SAFETY: this function only runs with AVX-512F (its target feature).
+            let w = unsafe { M::load16(mags, j) };
+            // Lane l of this half takes bit 16·h + l of the word (crate::packing).
+            let negative = (word >> (16 * h)) as __mmask16;
+            let x_sign = load_epi32(sa, j);
+            let sign = _mm512_mask_xor_epi32(x_sign, negative, x_sign, sign_bit);
+            let sum = accumulate(*acc, _mm512_add_ps(a, w), sign);
+            *acc = _mm512_mask_mov_ps(*acc, mask, sum);
+        }
+    }
+    reduce(acc[0], acc[1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::dot::log_dot_lanes;
+    use crate::cpu::exp::exp_f32;
+    use crate::cpu::gemv::log_dot_packed_lanes;
+    use crate::packing::pack_sign_row;
+    use rand::{Rng, SeedableRng};
+
+    fn have_avx512() -> bool {
+        let ok = is_x86_feature_detected!("avx512f");
+        if !ok {
+            eprintln!("skipped: this CPU has no AVX-512F");
+        }
+        ok
+    }
+
+    #[test]
+    fn exp16_is_bit_identical_to_the_portable_exp() {
+        if !have_avx512() {
+            return;
+        }
+        let max = 110f32.to_bits();
+        let mut xs: Vec<f32> = (0..=max)
+            .step_by(97)
+            .flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)])
+            .collect();
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1e30,
+            -1e30,
+            88.72283,
+            88.72284,
+        ]);
+        for chunk in xs.chunks(16) {
+            let mut lanes = [0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F checked above; the stores write 16 lanes into a 16-float array.
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(lanes.as_ptr()))) };
+            for (&x, &g) in chunk.iter().zip(&got) {
+                let want = exp_f32::<true>(x);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "x = {x:e}: avx512 {g:e}, portable {want:e}"
+                );
+            }
+        }
+    }
+
+    /// Logs of random magnitudes and specials, with random signs.
+    fn operand(rng: &mut rand::rngs::StdRng, k: usize) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+        let specials = [0.0f32, -0.0, f32::INFINITY, 1e-40, 3e38, 1e-30, f32::NAN];
+        let values: Vec<f32> = (0..k)
+            .map(|_| {
+                let v = if rng.random_bool(0.05) {
+                    specials[rng.random_range(0..specials.len())]
+                } else {
+                    let v: f32 = rng.random_range(-2.0..2.0);
+                    v * 10f32.powi(rng.random_range(-3..3))
+                };
+                if rng.random_bool(0.5) {
+                    -v
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let logs = values.iter().map(|v| v.abs().ln()).collect();
+        let masks = values.iter().map(|v| v.to_bits() & 0x8000_0000).collect();
+        (logs, masks, values)
+    }
+
+    fn same(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[test]
+    fn kernels_are_bit_identical_to_the_portable_ones() {
+        if !have_avx512() {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for k in (0..100).chain([127, 128, 129, 896, 4864]) {
+            for _ in 0..4 {
+                let (la, sa, _) = operand(&mut rng, k);
+                let (lb, sb, wb) = operand(&mut rng, k);
+                // SAFETY: AVX-512F checked above.
+                let got = unsafe { log_dot(&la, &sa, &lb, &sb) };
+                let want = log_dot_lanes::<f32, 32, true>(&la, &sa, &lb, &sb);
+                assert!(same(got, want), "log_dot k={k}: {got:e} vs {want:e}");
+
+                let mut signs = vec![0u32; k.div_ceil(32)];
+                pack_sign_row(wb.iter().map(|w| w.is_sign_negative()), &mut signs);
+                let m16: Vec<f16> = lb.iter().map(|&l| f16::from_f32(l)).collect();
+                // SAFETY: AVX-512F checked above.
+                let got = unsafe { log_dot_packed(&la, &sa, &m16, &signs) };
+                let want = log_dot_packed_lanes::<f16, true>(&la, &sa, &m16, &signs);
+                assert!(same(got, want), "packed f16 k={k}: {got:e} vs {want:e}");
+                // SAFETY: AVX-512F checked above.
+                let got = unsafe { log_dot_packed(&la, &sa, &lb, &signs) };
+                let want = log_dot_packed_lanes::<f32, true>(&la, &sa, &lb, &signs);
+                assert!(same(got, want), "packed f32 k={k}: {got:e} vs {want:e}");
+            }
+        }
+    }
+}
