@@ -82,40 +82,84 @@ fn reduce(a: __m512, b: __m512) -> f32 {
     lanes[0]
 }
 
+/// 16 floats from the start of `s`, which must hold at least 16.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load16_ps(s: &[f32]) -> __m512 {
+    assert!(s.len() >= 16);
+    // SAFETY: `s` holds at least 16 floats (asserted; the check folds away at the call sites,
+    // which slice exactly 16 or 32 elements).
+    unsafe { _mm512_loadu_ps(s.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load16_epi32(s: &[u32]) -> __m512i {
+    assert!(s.len() >= 16);
+    // SAFETY: as in `load16_ps`.
+    unsafe { _mm512_loadu_epi32(s.as_ptr() as *const i32) }
+}
+
 /// [`super::dot::log_dot`] on activations: logs and per-element sign masks on both sides.
 #[target_feature(enable = "avx512f")]
 pub(super) fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
     let k = la.len();
     assert!(sa.len() == k && lb.len() == k && sb.len() == k);
-    let mut acc = [_mm512_set1_ps(-0.0); 2];
-    for i in (0..k).step_by(32) {
-        for (h, acc) in acc.iter_mut().enumerate() {
-            let j = i + 16 * h;
-            if j >= k {
-                break;
-            }
-            let (a, mask) = load_ps(la, j);
-            let (b, _) = load_ps(lb, j);
-            let sign = _mm512_xor_si512(load_epi32(sa, j), load_epi32(sb, j));
-            let sum = accumulate(*acc, _mm512_add_ps(a, b), sign);
-            *acc = _mm512_mask_mov_ps(*acc, mask, sum);
-        }
+    let body = k - k % 32;
+    let mut acc0 = _mm512_set1_ps(-0.0);
+    let mut acc1 = _mm512_set1_ps(-0.0);
+    for j in (0..body).step_by(32) {
+        let (la, sa, lb, sb) = (
+            &la[j..j + 32],
+            &sa[j..j + 32],
+            &lb[j..j + 32],
+            &sb[j..j + 32],
+        );
+        let l0 = _mm512_add_ps(load16_ps(la), load16_ps(lb));
+        let l1 = _mm512_add_ps(load16_ps(&la[16..]), load16_ps(&lb[16..]));
+        let s0 = _mm512_xor_si512(load16_epi32(sa), load16_epi32(sb));
+        let s1 = _mm512_xor_si512(load16_epi32(&sa[16..]), load16_epi32(&sb[16..]));
+        acc0 = accumulate(acc0, l0, s0);
+        acc1 = accumulate(acc1, l1, s1);
     }
-    reduce(acc[0], acc[1])
+    // The last k % 32 elements, with masked loads; lanes past the end leave the sums alone.
+    for (h, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
+        let j = body + 16 * h;
+        if j >= k {
+            break;
+        }
+        let (a, mask) = load_ps(la, j);
+        let (b, _) = load_ps(lb, j);
+        let sign = _mm512_xor_si512(load_epi32(sa, j), load_epi32(sb, j));
+        *acc = _mm512_mask_mov_ps(*acc, mask, accumulate(*acc, _mm512_add_ps(a, b), sign));
+    }
+    reduce(acc0, acc1)
 }
 
 /// A stored magnitude type the AVX-512 decode kernel widens in registers.
 pub(crate) trait Magnitude16: Copy {
-    /// 16 magnitudes from `s[i..]` as f32, zero past the end.
+    /// 16 magnitudes from the start of `s` (which holds at least 16) as f32.
     ///
     /// # Safety
     /// The CPU must support AVX-512F.
-    unsafe fn load16(s: &[Self], i: usize) -> __m512;
+    unsafe fn load16(s: &[Self]) -> __m512;
+
+    /// Up to 16 magnitudes from `s[i..]` as f32, zero past the end.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    unsafe fn load16_tail(s: &[Self], i: usize) -> __m512;
 }
 
 impl Magnitude16 for f32 {
     #[inline(always)]
-    unsafe fn load16(s: &[f32], i: usize) -> __m512 {
+    unsafe fn load16(s: &[f32]) -> __m512 {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { load16_ps(s) }
+    }
+
+    #[inline(always)]
+    unsafe fn load16_tail(s: &[f32], i: usize) -> __m512 {
         // SAFETY: the caller guarantees AVX-512F.
         unsafe { load_ps(s, i).0 }
     }
@@ -123,20 +167,36 @@ impl Magnitude16 for f32 {
 
 impl Magnitude16 for f16 {
     #[inline(always)]
-    unsafe fn load16(s: &[f16], i: usize) -> __m512 {
-        let n = s.len().saturating_sub(i).min(16);
-        let bits = if n == 16 {
-            // SAFETY: `s[i..i + 16]` is in bounds (n == 16): 32 bytes, unaligned load.
-            unsafe { _mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i) }
-        } else {
-            let mut tail = [f16::ZERO; 16];
-            tail[..n].copy_from_slice(&s[i..i + n]);
-            // SAFETY: `tail` is 16 f16 = 32 bytes on the stack.
-            unsafe { _mm256_loadu_si256(tail.as_ptr() as *const __m256i) }
-        };
-        // SAFETY: the caller guarantees AVX-512F, which has the 512-bit half conversion.
-        unsafe { _mm512_cvtph_ps(bits) }
+    unsafe fn load16(s: &[f16]) -> __m512 {
+        assert!(s.len() >= 16);
+        // SAFETY: `s` holds at least 16 f16 (32 bytes, asserted); the caller guarantees
+        // AVX-512F, which has the 512-bit half conversion.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr() as *const __m256i)) }
     }
+
+    #[inline(always)]
+    unsafe fn load16_tail(s: &[f16], i: usize) -> __m512 {
+        let n = s.len().saturating_sub(i).min(16);
+        let mut tail = [f16::ZERO; 16];
+        tail[..n].copy_from_slice(&s[i..i + n]);
+        // SAFETY: `tail` holds 16; the caller guarantees AVX-512F.
+        unsafe { Self::load16(&tail) }
+    }
+}
+
+/// `acc + s·exp(l + w)` where the sign is the activation's mask XOR the weight's sign bits
+/// (`negative`, one bit per lane).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn accumulate_packed(
+    acc: __m512,
+    l: __m512,
+    w: __m512,
+    x_sign: __m512i,
+    negative: __mmask16,
+) -> __m512 {
+    let sign = _mm512_mask_xor_epi32(x_sign, negative, x_sign, _mm512_set1_epi32(i32::MIN));
+    accumulate(acc, _mm512_add_ps(l, w), sign)
 }
 
 /// [`super::gemv::log_dot_packed`]: activation logs and masks against one stored weight row.
@@ -149,26 +209,40 @@ pub(super) fn log_dot_packed<M: Magnitude16>(
 ) -> f32 {
     let k = la.len();
     assert!(sa.len() == k && mags.len() == k && signs.len() == k.div_ceil(32));
-    let sign_bit = _mm512_set1_epi32(i32::MIN);
-    let mut acc = [_mm512_set1_ps(-0.0); 2];
-    for (q, &word) in signs.iter().enumerate() {
-        for (h, acc) in acc.iter_mut().enumerate() {
-            let j = 32 * q + 16 * h;
+    let full = k / 32;
+    let mut acc0 = _mm512_set1_ps(-0.0);
+    let mut acc1 = _mm512_set1_ps(-0.0);
+    for (q, &word) in signs[..full].iter().enumerate() {
+        let j = 32 * q;
+        let (la, sa, mags) = (&la[j..j + 32], &sa[j..j + 32], &mags[j..j + 32]);
+        // SAFETY (both loads): this function runs only with AVX-512F, its target feature.
+        let (w0, w1) = unsafe { (M::load16(mags), M::load16(&mags[16..])) };
+        // Lane l of the low half takes bit l of the word, of the high half bit 16 + l.
+        acc0 = accumulate_packed(acc0, load16_ps(la), w0, load16_epi32(sa), word as __mmask16);
+        acc1 = accumulate_packed(
+            acc1,
+            load16_ps(&la[16..]),
+            w1,
+            load16_epi32(&sa[16..]),
+            (word >> 16) as __mmask16,
+        );
+    }
+    if full < signs.len() {
+        let word = signs[full];
+        for (h, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
+            let j = 32 * full + 16 * h;
             if j >= k {
                 break;
             }
             let (a, mask) = load_ps(la, j);
-            // SAFETY: this function only runs with AVX-512F (its target feature).
-            let w = unsafe { M::load16(mags, j) };
-            // Lane l of this half takes bit 16·h + l of the word (crate::packing).
+            // SAFETY: as above.
+            let w = unsafe { M::load16_tail(mags, j) };
             let negative = (word >> (16 * h)) as __mmask16;
-            let x_sign = load_epi32(sa, j);
-            let sign = _mm512_mask_xor_epi32(x_sign, negative, x_sign, sign_bit);
-            let sum = accumulate(*acc, _mm512_add_ps(a, w), sign);
+            let sum = accumulate_packed(*acc, a, w, load_epi32(sa, j), negative);
             *acc = _mm512_mask_mov_ps(*acc, mask, sum);
         }
     }
-    reduce(acc[0], acc[1])
+    reduce(acc0, acc1)
 }
 
 #[cfg(test)]
