@@ -271,26 +271,37 @@ pub fn run(args: &AbArgs) -> Result<()> {
         emilio_speed,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print_table(&report);
+        crate::output::emit(&table(&report))?;
     }
     Ok(())
 }
 
-fn print_table(r: &AbReport) {
-    println!(
+fn table(r: &AbReport) -> String {
+    let mut o = String::new();
+    outln!(
+        o,
         "emilio ab: {} | log weights {} | device {} | prompt {} tokens",
-        r.model, r.weight_format, r.device, r.prompt_tokens
+        r.model,
+        r.weight_format,
+        r.device,
+        r.prompt_tokens
     );
-    println!();
-    println!("teacher-forced along stock's greedy tokens:");
-    println!(
+    outln!(o);
+    outln!(o, "teacher-forced along stock's greedy tokens:");
+    outln!(
+        o,
         "{:>5}  {:<16} {:>5}  {:>10}  {:>11}",
-        "pos", "stock token", "top-1", "KL (nats)", "max rel err"
+        "pos",
+        "stock token",
+        "top-1",
+        "KL (nats)",
+        "max rel err"
     );
     for p in &r.per_position {
-        println!(
+        outln!(
+            o,
             "{:>5}  {:<16} {:>5}  {:>10.3e}  {:>11.3e}",
             p.position,
             format!("{:?}", p.stock_text)
@@ -303,7 +314,8 @@ fn print_table(r: &AbReport) {
         );
     }
     let s = &r.summary;
-    println!(
+    outln!(
+        o,
         "summary: top-1 agreement {:.1}% of {} positions | KL mean {:.3e}, max {:.3e} | max rel logit error {:.3e}",
         s.top1_agreement * 100.0,
         s.positions,
@@ -311,39 +323,53 @@ fn print_table(r: &AbReport) {
         s.kl_max,
         s.max_rel_err
     );
-    println!();
+    outln!(o);
     match r.first_divergence {
-        Some(i) => println!("greedy continuations (they part at generated token {i}, marked ▶):"),
-        None => println!("greedy continuations (identical):"),
+        Some(i) => outln!(
+            o,
+            "greedy continuations (they part at generated token {i}, marked ▶):"
+        ),
+        None => outln!(o, "greedy continuations (identical):"),
     }
     for (name, c) in [("stock ", &r.stock), ("emilio", &r.emilio)] {
         if r.first_divergence.is_some() {
-            println!("  {name}: {:?} ▶ {:?}", c.head, c.tail);
+            outln!(o, "  {name}: {:?} ▶ {:?}", c.head, c.tail);
         } else {
-            println!("  {name}: {:?}", c.text);
+            outln!(o, "  {name}: {:?}", c.text);
         }
     }
-    println!();
-    println!(
+    outln!(o);
+    outln!(
+        o,
         "{:<16} {:>9} {:>14} {:>13}",
-        "speed", "load (s)", "prefill tok/s", "decode tok/s"
+        "speed",
+        "load (s)",
+        "prefill tok/s",
+        "decode tok/s"
     );
-    println!(
+    outln!(
+        o,
         "{:<16} {:>9.2} {:>14.1} {:>13.2}",
         "stock f32",
         r.stock_speed.load_secs,
         r.stock_speed.prefill_tok_s,
         r.stock_speed.decode_tok_s
     );
-    println!(
+    outln!(
+        o,
         "{:<16} {:>9.2} {:>14.1} {:>13.2}",
         format!("emilio {}", r.weight_format),
         r.emilio_speed.load_secs,
         r.emilio_speed.prefill_tok_s,
         r.emilio_speed.decode_tok_s
     );
-    println!(
+    outln!(
+        o,
         "{:<16} {:>9} {:>13.3}x {:>12.3}x",
-        "emilio / stock", "", r.prefill_ratio, r.decode_ratio
+        "emilio / stock",
+        "",
+        r.prefill_ratio,
+        r.decode_ratio
     );
+    o
 }

@@ -111,14 +111,17 @@ fn op(args: &BenchOpArgs) -> Result<()> {
         cases,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
         return Ok(());
     }
-    println!(
+    let mut o = String::new();
+    outln!(
+        o,
         "emilio bench op: Qwen2.5-0.5B linear shapes, CPU ({} kernels, {} threads), median of {} reps (3x for decode)",
         report.isa, report.threads, report.reps
     );
-    println!(
+    outln!(
+        o,
         "{:<18} {:>5} {:>6}  {:>10} {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>9}",
         "layer",
         "rows",
@@ -132,7 +135,8 @@ fn op(args: &BenchOpArgs) -> Result<()> {
         "f16 Gp/s"
     );
     for c in &report.cases {
-        println!(
+        outln!(
+            o,
             "{:<18} {:>5} {:>6}  {:>10.3} {:>10.3} {:>10.3}  {:>7.3}x {:>7.3}x  {:>8.2} {:>9.2}",
             c.layer,
             c.rows,
@@ -146,8 +150,11 @@ fn op(args: &BenchOpArgs) -> Result<()> {
             c.emilio_f16_gprod_s
         );
     }
-    println!("× = stock time / emilio time (above 1: emilio faster). GB/s = weight bytes read per second.");
-    Ok(())
+    outln!(
+        o,
+        "× = stock time / emilio time (above 1: emilio faster). GB/s = weight bytes read per second."
+    );
+    crate::output::emit(&o)
 }
 
 #[derive(Debug, Serialize)]
@@ -256,22 +263,30 @@ fn model(args: &BenchModelArgs) -> Result<()> {
         emilio: emilio_side,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
         return Ok(());
     }
-    println!(
+    let mut o = String::new();
+    outln!(
+        o,
         "emilio bench model: {} | prompt {} tokens, decode {} tokens | median of {} | CPU kernels {}",
         report.model, report.prompt_tokens, report.decode_tokens, report.reps, report.isa
     );
-    println!(
+    outln!(
+        o,
         "{:<16} {:>14} {:>13} {:>16} {:>9}",
-        "backend", "prefill tok/s", "decode tok/s", "weight MB/token", "load (s)"
+        "backend",
+        "prefill tok/s",
+        "decode tok/s",
+        "weight MB/token",
+        "load (s)"
     );
     for (name, s) in [
         ("stock f32".to_string(), &report.stock),
         (format!("emilio {}", report.weight_format), &report.emilio),
     ] {
-        println!(
+        outln!(
+            o,
             "{:<16} {:>14.2} {:>13.2} {:>16.1} {:>9.2}",
             name,
             s.prefill_tok_s,
@@ -280,14 +295,15 @@ fn model(args: &BenchModelArgs) -> Result<()> {
             s.load_secs
         );
     }
-    println!(
+    outln!(
+        o,
         "{:<16} {:>13.3}x {:>12.3}x {:>15.3}x",
         "emilio / stock",
         report.prefill_ratio,
         report.decode_ratio,
         report.emilio.weight_bytes_per_token as f64 / report.stock.weight_bytes_per_token as f64
     );
-    Ok(())
+    crate::output::emit(&o)
 }
 
 /// Weights of every linear layer and the head: what a decode step reads.

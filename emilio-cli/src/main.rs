@@ -1,5 +1,8 @@
 //! `emilio`: run Qwen2-family models with every product in the log domain, next to stock Candle.
 
+#[macro_use]
+mod output;
+
 mod ab;
 mod bench;
 mod cli;
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the whole context chain on one line: "loading X: missing tensor Y".
             eprintln!("error: {e:#}");

@@ -35,7 +35,9 @@ pub fn run(args: &SynthArgs) -> Result<()> {
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
-    println!(
+    let mut o = String::new();
+    outln!(
+        o,
         "wrote {} (preset {}, seed {}, {} layers, {:.1} MB of {:?} weights)",
         written.dir.display(),
         args.preset,
@@ -44,11 +46,12 @@ pub fn run(args: &SynthArgs) -> Result<()> {
         bytes as f64 / 1e6,
         dtype
     );
-    println!(
+    outln!(
+        o,
         "try: emilio generate --model {} --prompt \"Hello\"",
         written.dir.display()
     );
-    Ok(())
+    crate::output::emit(&o)
 }
 
 /// Fails early, naming the path, when `out` cannot be created or written.

@@ -211,7 +211,7 @@ impl SyntheticSpec {
 
     fn check(&self) -> Result<Shape> {
         let mut s = self.preset.shape();
-        if self.gqa_ratio == 0 || s.heads % self.gqa_ratio != 0 {
+        if self.gqa_ratio == 0 || !s.heads.is_multiple_of(self.gqa_ratio) {
             bail!(
                 "GQA ratio {} does not divide the {} query heads of preset {}",
                 self.gqa_ratio,

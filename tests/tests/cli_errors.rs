@@ -1,0 +1,506 @@
+//! Every error a user can hit, end to end: a non-zero exit status (not a panic's 101), no panic
+//! message and no backtrace on stderr, and an `error:` line naming the culprit (the model ID,
+//! the file, the flag) and, where there is one, the way out.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
+use emilio_tests::cli::{wait_with_timeout, Run, Sandbox, COMMAND_TIMEOUT};
+use serde_json::Value;
+
+/// `emilio generate --model MODEL --prompt hi EXTRA...`, not checked.
+fn generate(sb: &Sandbox, model: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["generate", "--model", model, "--prompt", "hi"];
+    args.extend_from_slice(extra);
+    sb.run(args)
+}
+
+/// A copy of a fresh tiny checkpoint in `name`, for breaking.
+fn checkpoint(sb: &Sandbox, name: &str) -> PathBuf {
+    sb.synth_tiny(name, 0, &[])
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `generate`, `ab` and `bench model` all resolve and load the model the same way: each must
+/// fail with `needles` on `model`.
+fn every_model_command_fails(sb: &Sandbox, model: &str, needles: &[&str]) {
+    generate(sb, model, &[]).fails_with(needles);
+    sb.run([
+        "ab",
+        "--model",
+        model,
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ])
+    .fails_with(needles);
+    sb.run([
+        "bench",
+        "model",
+        "--model",
+        model,
+        "--prompt-tokens",
+        "4",
+        "--decode-tokens",
+        "2",
+        "--reps",
+        "1",
+    ])
+    .fails_with(needles);
+}
+
+#[test]
+fn unknown_model_id_without_a_network_suggests_synth() {
+    let sb = Sandbox::new();
+    for id in ["some-org/does-not-exist", "no-such-model"] {
+        let run = generate(&sb, id, &[]).fails_with(&[id, "emilio synth", "local"]);
+        assert!(
+            run.elapsed < Duration::from_secs(30),
+            "the hub error took {:?}: {run}",
+            run.elapsed
+        );
+    }
+    every_model_command_fails(&sb, "some-org/does-not-exist", &["emilio synth"]);
+    // A revision that is not in the cache is fetched (and fails) too, naming the model.
+    generate(&sb, "some-org/does-not-exist", &["--revision", "v2.0"])
+        .fails_with(&["some-org/does-not-exist", "v2.0"]);
+}
+
+#[test]
+fn nonexistent_local_path() {
+    let sb = Sandbox::new();
+    let missing = sb.join("no/such/checkpoint");
+    every_model_command_fails(&sb, s(&missing), &[s(&missing), "emilio synth"]);
+    generate(&sb, "./no/such/dir", &[]).fails_with(&["./no/such/dir", "emilio synth"]);
+}
+
+#[test]
+fn a_file_is_not_a_checkpoint() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let file = dir.join("config.json");
+    every_model_command_fails(&sb, s(&file), &[s(&file), "directory"]);
+}
+
+#[test]
+fn missing_config_json() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let path = dir.join("config.json");
+    every_model_command_fails(&sb, s(&dir), &[s(&path)]);
+}
+
+#[test]
+fn corrupt_config_json() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let path = dir.join("config.json");
+    std::fs::write(&path, "{\"model_type\": \"qwen2\", ").unwrap();
+    generate(&sb, s(&dir), &[]).fails_with(&[s(&path), "JSON"]);
+    // Valid JSON that lacks a required field.
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(checkpoint(&sb, "ok").join("config.json")).unwrap())
+            .unwrap();
+    cfg.as_object_mut().unwrap().remove("hidden_size");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    generate(&sb, s(&dir), &[]).fails_with(&[s(&path), "hidden_size"]);
+}
+
+#[test]
+fn missing_tokenizer_json() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let path = dir.join("tokenizer.json");
+    std::fs::remove_file(&path).unwrap();
+    every_model_command_fails(&sb, s(&dir), &[s(&path)]);
+}
+
+#[test]
+fn corrupt_tokenizer_json() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let path = dir.join("tokenizer.json");
+    for junk in [
+        "{\"version\": \"1.0\", \"model\": ",
+        "not json at all",
+        "{}",
+    ] {
+        std::fs::write(&path, junk).unwrap();
+        every_model_command_fails(&sb, s(&dir), &[s(&path)]);
+    }
+}
+
+#[test]
+fn missing_weights() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    every_model_command_fails(&sb, s(&dir), &[s(&dir), "model.safetensors"]);
+}
+
+#[test]
+fn truncated_weights_name_the_file() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let path = dir.join("model.safetensors");
+    let full = std::fs::read(&path).unwrap();
+    // Cut inside the header, and cut inside the tensor data.
+    for len in [4, 1000, full.len() / 2, full.len() - 1] {
+        std::fs::write(&path, &full[..len]).unwrap();
+        every_model_command_fails(&sb, s(&dir), &[s(&path)]);
+        for backend in ["emilio", "stock"] {
+            generate(&sb, s(&dir), &["--backend", backend]).fails_with(&[s(&path)]);
+        }
+    }
+}
+
+#[test]
+fn missing_shard_is_named() {
+    let sb = Sandbox::new();
+    let dir = sb.join("sharded");
+    write_checkpoint(&dir, &SyntheticSpec::new(Preset::Tiny).with_shards(2)).unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let shard = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(dir.join(&shard)).unwrap();
+    every_model_command_fails(&sb, s(&dir), &[&shard]);
+}
+
+#[test]
+fn untied_config_without_a_head() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["tie_word_embeddings"] = Value::Bool(false);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    every_model_command_fails(&sb, s(&dir), &["lm_head.weight", "tie_word_embeddings"]);
+}
+
+#[test]
+fn unsupported_architecture() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let path = dir.join("config.json");
+    let original: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut llama = original.clone();
+    llama["model_type"] = "llama".into();
+    llama["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    std::fs::write(&path, llama.to_string()).unwrap();
+    every_model_command_fails(&sb, s(&dir), &["llama", "qwen2", s(&path)]);
+    // Only the architecture list says llama.
+    let mut arch_only = original.clone();
+    arch_only["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    std::fs::write(&path, arch_only.to_string()).unwrap();
+    generate(&sb, s(&dir), &[]).fails_with(&["LlamaForCausalLM"]);
+}
+
+#[test]
+fn empty_prompt() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    for prompt in ["", "   ", "\n"] {
+        for chat in [&[][..], &["--no-chat"][..]] {
+            let mut args = vec!["generate", "--model", s(&dir), "--prompt", prompt];
+            args.extend_from_slice(chat);
+            sb.run(&args).fails_with(&["prompt", "empty"]);
+            args[0] = "ab";
+            sb.run(&args).fails_with(&["prompt", "empty"]);
+        }
+    }
+}
+
+#[test]
+fn missing_prompt_flag() {
+    let sb = Sandbox::new();
+    sb.run(["generate", "--model", "whatever"])
+        .fails_with(&["--prompt"]);
+}
+
+#[test]
+fn prompt_beyond_the_context() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let long: String = (0..200).map(|i| format!("word{i} ")).collect();
+    for cmd in ["generate", "ab"] {
+        sb.run([cmd, "--model", s(&dir), "--no-chat", "--prompt", &long])
+            .fails_with(&["prompt", "128", "context"]);
+    }
+    // With the chat template, a prompt that alone fits can still overflow.
+    let medium: String = (0..30).map(|i| format!("w{i} ")).collect();
+    sb.run(["generate", "--model", s(&dir), "--prompt", &medium])
+        .fails_with(&["prompt", "128"]);
+}
+
+#[test]
+fn top_p_out_of_range() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    for p in ["0", "1.5", "-0.5", "nan", "abc"] {
+        let flag = format!("--top-p={p}");
+        generate(&sb, s(&dir), &["--temperature", "0.8", &flag]).fails_with(&["top-p", p]);
+    }
+    generate(&sb, s(&dir), &["--top-p", "0"]).fails_with(&["top-p"]);
+    generate(&sb, s(&dir), &["--top-p", "1.5"]).fails_with(&["top-p"]);
+    // The edges of (0, 1] are fine.
+    generate(&sb, s(&dir), &["--top-p", "1", "--max-tokens", "2"]).ok();
+    generate(&sb, s(&dir), &["--top-p", "1e-9", "--max-tokens", "2"]).ok();
+}
+
+#[test]
+fn negative_temperature_with_equals() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    for t in ["-0.5", "-1", "inf", "nan", "hot"] {
+        let flag = format!("--temperature={t}");
+        generate(&sb, s(&dir), &[&flag]).fails_with(&["temperature"]);
+    }
+}
+
+/// BUG CHECK: `--temperature -0.5` (the value as a separate argument, as users type it) is
+/// rejected by clap as "unexpected argument '-0' found", which does not name the temperature
+/// or say it must be ≥ 0 (the flag needs `allow_negative_numbers` or `allow_hyphen_values`).
+#[test]
+fn negative_temperature_as_separate_argument() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    generate(&sb, s(&dir), &["--temperature", "-0.5"]).fails_with(&["temperature"]);
+}
+
+#[test]
+fn bad_repeat_penalty() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    for p in ["0", "-1", "inf"] {
+        let flag = format!("--repeat-penalty={p}");
+        generate(&sb, s(&dir), &[&flag]).fails_with(&["repeat penalty"]);
+    }
+}
+
+#[test]
+fn devices_missing_from_the_build() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let dir = s(&dir);
+    // The tests build emilio without the cuda and metal features.
+    for (device, feature) in [("cuda", "--features cuda"), ("metal", "--features metal")] {
+        let needles = [device, feature, "rebuild", "--device cpu"];
+        generate(&sb, dir, &["--device", device]).fails_with(&needles);
+        sb.run(["ab", "--model", dir, "--prompt", "hi", "--device", device])
+            .fails_with(&needles);
+        sb.run([
+            "bench",
+            "model",
+            "--model",
+            dir,
+            "--device",
+            device,
+            "--prompt-tokens",
+            "4",
+            "--decode-tokens",
+            "2",
+        ])
+        .fails_with(&needles);
+    }
+    generate(&sb, dir, &["--device", "tpu"]).fails_with(&["tpu", "--device"]);
+}
+
+#[test]
+fn unwritable_out() {
+    let sb = Sandbox::new();
+    let file = sb.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    // The parent is a regular file (tests run as root, so permissions would not stop it).
+    for out in [file.join("ckpt"), file.join("deeper/ckpt")] {
+        sb.run(["synth", "--preset", "tiny", "--out", s(&out)])
+            .fails_with(&[s(&out)]);
+    }
+    // The output path is itself a regular file.
+    sb.run(["synth", "--preset", "tiny", "--out", s(&file)])
+        .fails_with(&[s(&file), "not a directory"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
+    sb.run(["synth", "--preset", "tiny"]).fails_with(&["--out"]);
+}
+
+#[test]
+fn unknown_weight_format() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let dir = s(&dir);
+    let needles = ["f8", "weight-format", "f16", "f32"];
+    generate(&sb, dir, &["--weight-format", "f8"]).fails_with(&needles);
+    sb.run([
+        "ab",
+        "--model",
+        dir,
+        "--prompt",
+        "hi",
+        "--weight-format",
+        "f8",
+    ])
+    .fails_with(&needles);
+    sb.run(["bench", "model", "--model", dir, "--weight-format", "f8"])
+        .fails_with(&needles);
+}
+
+#[test]
+fn unknown_preset_and_dtype() {
+    let sb = Sandbox::new();
+    let out = sb.join("x");
+    sb.run(["synth", "--preset", "huge", "--out", s(&out)])
+        .fails_with(&["huge", "--preset", "tiny", "qwen2.5-0.5b"]);
+    sb.run(["synth", "--dtype", "f8", "--out", s(&out)])
+        .fails_with(&["f8", "--dtype", "bf16"]);
+    assert!(!out.exists(), "a failed synth created {}", out.display());
+}
+
+#[test]
+fn bench_model_lengths_out_of_range() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let dir = s(&dir);
+    for (prompt, decode) in [("0", "4"), ("100", "100"), ("129", "0")] {
+        sb.run([
+            "bench",
+            "model",
+            "--model",
+            dir,
+            "--prompt-tokens",
+            prompt,
+            "--decode-tokens",
+            decode,
+        ])
+        .fails_with(&["--prompt-tokens", "--decode-tokens", "128"]);
+    }
+}
+
+#[test]
+fn unknown_subcommand_and_flag() {
+    let sb = Sandbox::new();
+    sb.run(["frobnicate"]).fails_with(&["frobnicate"]);
+    sb.run(["bench", "gpu"]).fails_with(&["gpu"]);
+    sb.run(["generate", "--prompt", "hi", "--no-such-flag"])
+        .fails_with(&["--no-such-flag"]);
+}
+
+/// Runs `args` with stdout closed before the command writes anything, as in
+/// `emilio ... | head -0`. The command may fail (there is nowhere to write) but must not panic.
+fn with_closed_stdout(sb: &Sandbox, args: &[&str]) -> Run {
+    let mut cmd = sb.command(args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    drop(child.stdout.take()); // the reader is gone before the model is even loaded
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let cmdline = format!("emilio {} (stdout closed)", args.join(" "));
+    let status = wait_with_timeout(&mut child, &cmdline, COMMAND_TIMEOUT);
+    let run = Run {
+        cmdline,
+        status,
+        stdout: String::new(),
+        stderr: reader.join().unwrap(),
+        elapsed: Duration::ZERO,
+    };
+    assert!(
+        !run.stderr.contains("panicked") && run.status.code() != Some(101),
+        "a closed stdout made it panic: {run}"
+    );
+    run
+}
+
+#[test]
+fn closed_stdout_generate() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    with_closed_stdout(
+        &sb,
+        &[
+            "generate",
+            "--model",
+            s(&dir),
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "4",
+        ],
+    );
+}
+
+/// BUG CHECK: `ab`, `bench` and `synth` print with `println!`, which panics ("failed printing
+/// to stdout: Broken pipe") when the reader has gone, e.g. `emilio ab --json ... | head -1`.
+#[test]
+fn closed_stdout_ab_json() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    with_closed_stdout(
+        &sb,
+        &[
+            "ab",
+            "--model",
+            s(&dir),
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+            "--json",
+        ],
+    );
+}
+
+/// BUG CHECK: as [`closed_stdout_ab_json`], for `synth`'s two-line report.
+#[test]
+fn closed_stdout_synth() {
+    let sb = Sandbox::new();
+    let out = sb.join("ckpt");
+    with_closed_stdout(&sb, &["synth", "--preset", "tiny", "--out", s(&out)]);
+}
+
+#[test]
+fn stdin_is_not_read() {
+    // generate takes its prompt from --prompt only: a command with stdin left open must not
+    // block on it.
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let mut cmd = sb.command([
+        "generate",
+        "--model",
+        s(&dir),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let status = wait_with_timeout(
+        &mut child,
+        "emilio generate (stdin open)",
+        Duration::from_secs(60),
+    );
+    let _ = stdin.write_all(b"ignored");
+    assert!(status.success(), "{status}");
+}
