@@ -3,6 +3,7 @@
 use candle_core::WithDType;
 use half::{bf16, f16};
 
+use super::ln::split_row_f32;
 use crate::float::LogFloat;
 
 /// A float dtype the op reads and writes: its logs and sums are carried in [`Input::Acc`]
@@ -10,15 +11,39 @@ use crate::float::LogFloat;
 /// once, at the end, as stock matmul does.
 pub(crate) trait Input: WithDType {
     type Acc: LogFloat;
-    fn to_acc(self) -> Self::Acc;
     fn from_acc(v: Self::Acc) -> Self;
+
+    /// `(ln|x|, sign mask)` of a contiguous run. `f32`-accumulating dtypes use the vectorised
+    /// log ([`super::ln`]); `f64` keeps libm's.
+    fn split_run(src: &[Self], logs: &mut [Self::Acc], masks: &mut [<Self::Acc as LogFloat>::Mask]);
+}
+
+/// Widens a run to f32 in chunks on the stack, then splits it with the vectorised log.
+#[inline]
+fn split_widened<S: Copy>(
+    src: &[S],
+    widen: impl Fn(S) -> f32,
+    logs: &mut [f32],
+    masks: &mut [u32],
+) {
+    const CHUNK: usize = 256;
+    let mut buf = [0f32; CHUNK];
+    for ((src, logs), masks) in src
+        .chunks(CHUNK)
+        .zip(logs.chunks_mut(CHUNK))
+        .zip(masks.chunks_mut(CHUNK))
+    {
+        for (b, &x) in buf.iter_mut().zip(src) {
+            *b = widen(x);
+        }
+        split_row_f32(&buf[..src.len()], logs, masks);
+    }
 }
 
 impl Input for f32 {
     type Acc = f32;
-    #[inline(always)]
-    fn to_acc(self) -> f32 {
-        self
+    fn split_run(src: &[f32], logs: &mut [f32], masks: &mut [u32]) {
+        split_row_f32(src, logs, masks)
     }
     #[inline(always)]
     fn from_acc(v: f32) -> Self {
@@ -28,9 +53,10 @@ impl Input for f32 {
 
 impl Input for f64 {
     type Acc = f64;
-    #[inline(always)]
-    fn to_acc(self) -> f64 {
-        self
+    fn split_run(src: &[f64], logs: &mut [f64], masks: &mut [u64]) {
+        for ((x, l), m) in src.iter().zip(logs).zip(masks) {
+            (*l, *m) = x.ln_split();
+        }
     }
     #[inline(always)]
     fn from_acc(v: f64) -> Self {
@@ -40,9 +66,8 @@ impl Input for f64 {
 
 impl Input for f16 {
     type Acc = f32;
-    #[inline(always)]
-    fn to_acc(self) -> f32 {
-        self.to_f32()
+    fn split_run(src: &[f16], logs: &mut [f32], masks: &mut [u32]) {
+        split_widened(src, f16::to_f32, logs, masks)
     }
     #[inline(always)]
     fn from_acc(v: f32) -> Self {
@@ -52,9 +77,8 @@ impl Input for f16 {
 
 impl Input for bf16 {
     type Acc = f32;
-    #[inline(always)]
-    fn to_acc(self) -> f32 {
-        self.to_f32()
+    fn split_run(src: &[bf16], logs: &mut [f32], masks: &mut [u32]) {
+        split_widened(src, bf16::to_f32, logs, masks)
     }
     #[inline(always)]
     fn from_acc(v: f32) -> Self {

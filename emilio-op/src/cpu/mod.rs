@@ -8,5 +8,6 @@ pub(crate) mod gemm;
 pub(crate) mod gemv;
 pub(crate) mod input;
 pub(crate) mod isa;
+pub(crate) mod ln;
 pub(crate) mod split;
 pub(crate) mod weight_columns;

@@ -107,8 +107,12 @@ pub(crate) fn ln_split<S: Input>(src: &[S], view: &MatrixView) -> SplitOperand<S
     let split_row = |r: usize, logs: &mut [S::Acc], masks: &mut [<S::Acc as LogFloat>::Mask]| {
         let (b, i) = (r / rows, r % rows);
         let base = view.batch_offsets[b] + i * view.row_stride;
-        for (c, (l, m)) in logs.iter_mut().zip(masks.iter_mut()).enumerate() {
-            (*l, *m) = src[base + c * view.col_stride].to_acc().ln_split();
+        if view.col_stride == 1 {
+            S::split_run(&src[base..base + k], logs, masks);
+        } else {
+            // A strided row (a transposed operand): gather it, then split it as one run.
+            let row: Vec<S> = (0..k).map(|c| src[base + c * view.col_stride]).collect();
+            S::split_run(&row, logs, masks);
         }
     };
     if total >= PARALLEL_SPLIT_MIN {
