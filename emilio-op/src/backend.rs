@@ -2,15 +2,19 @@
 
 use candle_core::{Device, Error};
 
+const BUILT_WITH_METAL: bool = cfg!(feature = "metal");
+const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
+
 /// The error for running `op` on a GPU backend whose kernels this build lacks.
 ///
 /// Candle's own default ("no cuda implementation for …") does not tell the user what to do;
 /// this one names the feature to build with, or the CPU as the way out.
 pub(crate) fn unsupported(op: &str, device: &str) -> Error {
     let feature = device.to_ascii_lowercase();
-    let built = match feature.as_str() {
-        "metal" => cfg!(feature = "metal"),
-        _ => cfg!(feature = "cuda"),
+    let built = if feature == "metal" {
+        BUILT_WITH_METAL
+    } else {
+        BUILT_WITH_CUDA
     };
     let msg = if built {
         format!(

@@ -81,6 +81,10 @@ mod float;
 mod linear;
 mod linear_op;
 mod matmul;
+// The Metal path: its kernel source, plans and their emulated tests build everywhere under
+// `cfg(test)`; the device code only with the `metal` feature on Apple targets.
+#[cfg(any(test, feature = "metal"))]
+mod metal;
 pub mod packing;
 mod weight;
 

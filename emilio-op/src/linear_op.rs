@@ -86,14 +86,28 @@ impl CustomOp3 for LogLinearOp {
 
     fn metal_fwd(
         &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
+        x: &MetalStorage,
+        lx: &Layout,
+        mags: &MetalStorage,
+        lm: &Layout,
+        signs: &MetalStorage,
+        ls: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        Err(unsupported("the log-domain linear layer", "Metal"))
+        #[cfg(all(
+            feature = "metal",
+            any(target_vendor = "apple", emilio_metal_typecheck)
+        ))]
+        {
+            crate::metal::log_linear(x, lx, mags, lm, signs, ls)
+        }
+        #[cfg(not(all(
+            feature = "metal",
+            any(target_vendor = "apple", emilio_metal_typecheck)
+        )))]
+        {
+            let _ = (x, lx, mags, lm, signs, ls);
+            Err(unsupported("the log-domain linear layer", "Metal"))
+        }
     }
 }
 

@@ -56,12 +56,27 @@ impl CustomOp2 for LogMatMul {
 
     fn metal_fwd(
         &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
+        s1: &MetalStorage,
+        l1: &Layout,
+        s2: &MetalStorage,
+        l2: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        Err(unsupported("log_matmul", "Metal"))
+        #[cfg(all(
+            feature = "metal",
+            any(target_vendor = "apple", emilio_metal_typecheck)
+        ))]
+        {
+            let dims = matmul_dims(l1.dims(), l2.dims())?;
+            crate::metal::log_matmul(s1, l1, s2, l2, dims)
+        }
+        #[cfg(not(all(
+            feature = "metal",
+            any(target_vendor = "apple", emilio_metal_typecheck)
+        )))]
+        {
+            let _ = (s1, l1, s2, l2);
+            Err(unsupported("log_matmul", "Metal"))
+        }
     }
 }
 

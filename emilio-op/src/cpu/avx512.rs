@@ -27,8 +27,8 @@ fn exp16(x: __m512) -> __m512 {
     let n = _mm512_sub_ps(t, magic);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    let mut p = _mm512_set1_ps(TAYLOR[0]);
-    for &c in &TAYLOR[1..] {
+    let mut p = _mm512_set1_ps(POLY[0]);
+    for &c in &POLY[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     _mm512_scalef_ps(p, n)

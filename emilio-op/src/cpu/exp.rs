@@ -6,7 +6,7 @@
 //!
 //! 1. `n = round(x·log₂e)` by the add-a-magic-number trick, `r = x − n·ln2` in two parts
 //!    (Cody–Waite), so `|r| ≤ ln2/2` with an error far below an ulp of the result;
-//! 2. `exp(r)` by its Taylor series to degree 7 (truncation `≤ 0.3466⁸/8! ≈ 5·10⁻⁹`, 0.1 ulp);
+//! 2. `exp(r)` by a degree-6 polynomial (see [`consts::POLY`]: 0.06 ulp of approximation error);
 //! 3. `2ⁿ` applied as two exact power-of-two factors `2^(n/2)·2^(n−n/2)`, so results that are
 //!    subnormal are rounded once, by the last multiply: gradual underflow, as IEEE asks.
 //!
@@ -25,13 +25,15 @@ pub(crate) mod consts {
     /// `[-150, 128]` so both power-of-two factors stay normal numbers.
     pub const X_MAX: f32 = 89.0;
     pub const X_MIN: f32 = -104.0;
-    /// Taylor coefficients of `e^r`, highest degree first: `1/7!, 1/6!, …, 1/1!, 1/0!`.
-    pub const TAYLOR: [f32; 8] = [
-        1.0 / 5040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
+    /// `e^r ≈ 1 + r + r²/2 + r³·(c₃ + c₄r + c₅r² + c₆r³)` on `|r| ≤ ln2/2`, highest degree
+    /// first. The leading terms are exact; c₃…c₆ are a relative-minimax fit (iteratively
+    /// reweighted least squares on Chebyshev nodes, then rounded to f32): approximation error
+    /// 3.8·10⁻⁹ (0.06 ulp), one multiply-add fewer than the degree-7 Taylor series it replaces.
+    pub const POLY: [f32; 7] = [
+        0.001_386_378_7,
+        0.008_367_476,
+        0.041_667_238,
+        0.166_665_35,
         0.5,
         1.0,
         1.0,
@@ -61,9 +63,9 @@ pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     let n = (t.to_bits() as i32) - (ROUND_MAGIC.to_bits() as i32);
     let r = madd::<FMA>(-n_f, LN2_HI, xc);
     let r = madd::<FMA>(-n_f, LN2_LO, r);
-    // Horner, 1/7! down to 1.
-    let mut p = TAYLOR[0];
-    for &c in &TAYLOR[1..] {
+    // Horner, highest degree first.
+    let mut p = POLY[0];
+    for &c in &POLY[1..] {
         p = madd::<FMA>(p, r, c);
     }
     let n1 = n >> 1;
