@@ -292,7 +292,7 @@ fn table(r: &AbReport) -> String {
     outln!(o, "teacher-forced along stock's greedy tokens:");
     outln!(
         o,
-        "{:>5}  {:<16} {:>5}  {:>10}  {:>11}",
+        "{:>5}  {:<22} {:>5}  {:>10}  {:>11}",
         "pos",
         "stock token",
         "top-1",
@@ -302,11 +302,11 @@ fn table(r: &AbReport) -> String {
     for p in &r.per_position {
         outln!(
             o,
-            "{:>5}  {:<16} {:>5}  {:>10.3e}  {:>11.3e}",
+            "{:>5}  {:<22} {:>5}  {:>10.3e}  {:>11.3e}",
             p.position,
-            format!("{:?}", p.stock_text)
+            format!("{:>6} {:?}", p.stock_token, p.stock_text)
                 .chars()
-                .take(16)
+                .take(22)
                 .collect::<String>(),
             if p.top1_match { "yes" } else { "NO" },
             p.kl,
