@@ -12,6 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use emilio_qwen::compare::{argmax, kl_divergence, max_rel_err};
+
 use crate::cli::{AbArgs, Backend};
 use crate::generate::{encode_prompt, fit_context, stop_ids};
 use crate::runner::Runner;
@@ -140,51 +142,6 @@ fn run_model(
     }
     run.decode_secs = start.elapsed().as_secs_f64();
     Ok(run)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// KL(p ‖ q) of the softmaxes of two logit vectors, in f64.
-pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
-    let log_softmax = |l: &[f32]| {
-        let max = l.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-        let lse = max + l.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-        l.iter().map(|&x| x as f64 - lse).collect::<Vec<_>>()
-    };
-    let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));
-    lp.iter()
-        .zip(&lq)
-        .map(|(&a, &b)| {
-            if a == f64::NEG_INFINITY {
-                0.0
-            } else {
-                a.exp() * (a - b)
-            }
-        })
-        .sum::<f64>()
-        .max(0.0)
-}
-
-/// max_v |q_v − p_v| / max_v |p_v|: the worst logit error relative to the logits' scale.
-pub fn max_rel_err(p: &[f32], q: &[f32]) -> f64 {
-    let scale = p.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    let err = p
-        .iter()
-        .zip(q)
-        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
-    if scale > 0.0 {
-        err / scale
-    } else {
-        err
-    }
 }
 
 fn decode(tokenizer: &Tokenizer, tokens: &[u32]) -> String {

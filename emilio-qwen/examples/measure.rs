@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
+use emilio_qwen::compare::{argmax, kl_divergence};
 use emilio_qwen::loading::Checkpoint;
 use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
 use emilio_qwen::{Options, WeightFormat};
@@ -161,16 +162,6 @@ fn last_logits(t: &Tensor) -> Result<Vec<f32>> {
     t.i((0, 0))?.to_dtype(DType::F32)?.to_vec1()
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// `(rel max, rel l2, KL(stock‖ours), top-1 agrees)`.
 fn compare(s: &[f32], o: &[f32]) -> (f64, f64, f64, bool) {
     let max_s = s.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
@@ -185,18 +176,7 @@ fn compare(s: &[f32], o: &[f32]) -> (f64, f64, f64, bool) {
         .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
         .sum::<f64>()
         .sqrt();
-    let log_softmax = |v: &[f32]| {
-        let m = v.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-        let lse = m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-        v.iter().map(|&x| x as f64 - lse).collect::<Vec<f64>>()
-    };
-    let (ls, lo) = (log_softmax(s), log_softmax(o));
-    let kl = ls
-        .iter()
-        .zip(&lo)
-        .map(|(&a, &b)| a.exp() * (a - b))
-        .sum::<f64>()
-        .max(0.0);
+    let kl = kl_divergence(s, o);
     (max_d / max_s, l2_d / l2_s, kl, argmax(s) == argmax(o))
 }
 

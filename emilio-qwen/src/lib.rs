@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod loading;
 mod model;
 pub mod synthetic;

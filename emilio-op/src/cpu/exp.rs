@@ -45,7 +45,7 @@ use consts::*;
 /// `a·b + c`, fused where the target has FMA (`FMA = true`), else a multiply and an add: a
 /// software `fma` call would cost more than the whole exp.
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {

@@ -8,6 +8,7 @@
 //! Measured error: see the sweep test (≤ 1 ulp required: the error budget assumes a log no
 //! worse than libm's).
 
+use super::exp::madd;
 use super::isa::Isa;
 
 /// Cephes `logf` polynomial, highest degree first.
@@ -25,15 +26,6 @@ const P: [f32; 9] = [
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 const SQRT_HALF_BITS: i32 = 0x3f35_04f3;
-
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
 
 /// `ln(x)` for `x ≥ 0` (or NaN): `ln 0 = -inf`, `ln inf = inf`, NaN stays NaN.
 #[inline(always)]
