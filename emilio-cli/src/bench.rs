@@ -59,6 +59,10 @@ struct OpCase {
     emilio_f16_gb_s: f64,
     /// Products (exp evaluations) per second, emilio f16, in billions.
     emilio_f16_gprod_s: f64,
+    /// emilio f16's products per second as a fraction of the machine's exp ceiling.
+    exp_ceiling_fraction: f64,
+    /// emilio f16's weight bytes per second as a fraction of the machine's read bandwidth.
+    bandwidth_fraction: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,11 +70,19 @@ struct OpReport {
     isa: &'static str,
     threads: usize,
     reps: usize,
+    /// Products per second of the dot kernel with L1-resident operands on all threads
+    /// (`emilio_op::machine::exp_ceiling`), in billions.
+    exp_ceiling_gprod_s: f64,
+    /// Memory read bandwidth of all threads summing a 256 MiB buffer
+    /// (`emilio_op::machine::memory_read_bandwidth`), GB/s.
+    memory_read_gb_s: f64,
     cases: Vec<OpCase>,
 }
 
 fn op(args: &BenchOpArgs) -> Result<()> {
     let dev = Device::Cpu;
+    let exp_ceiling = emilio_op::machine::exp_ceiling(std::time::Duration::from_millis(300));
+    let bandwidth = emilio_op::machine::memory_read_bandwidth(256 << 20, 3);
     let mut cases = Vec::new();
     for (layer, k, n) in QWEN25_05B_LINEARS {
         for rows in [1, args.prefill_rows] {
@@ -101,6 +113,8 @@ fn op(args: &BenchOpArgs) -> Result<()> {
                 emilio_f16_bytes: f16_bytes,
                 emilio_f16_gb_s: f16_bytes as f64 / f16_s / 1e9,
                 emilio_f16_gprod_s: (rows * k * n) as f64 / f16_s / 1e9,
+                exp_ceiling_fraction: (rows * k * n) as f64 / f16_s / exp_ceiling,
+                bandwidth_fraction: f16_bytes as f64 / f16_s / bandwidth,
             });
         }
     }
@@ -108,6 +122,8 @@ fn op(args: &BenchOpArgs) -> Result<()> {
         isa: emilio_op::cpu_isa(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         reps: args.reps,
+        exp_ceiling_gprod_s: exp_ceiling / 1e9,
+        memory_read_gb_s: bandwidth / 1e9,
         cases,
     };
     if args.json {
@@ -122,7 +138,13 @@ fn op(args: &BenchOpArgs) -> Result<()> {
     );
     outln!(
         o,
-        "{:<18} {:>5} {:>6}  {:>10} {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>9}",
+        "machine ceilings: exp kernel {:.2} G products/s (L1-resident, all threads); memory read {:.1} GB/s",
+        report.exp_ceiling_gprod_s,
+        report.memory_read_gb_s
+    );
+    outln!(
+        o,
+        "{:<18} {:>5} {:>6}  {:>10} {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>5}  {:>9} {:>5}",
         "layer",
         "rows",
         "k→n",
@@ -132,12 +154,14 @@ fn op(args: &BenchOpArgs) -> Result<()> {
         "f32 ×",
         "f16 ×",
         "f16 GB/s",
-        "f16 Gp/s"
+        "%bw",
+        "f16 Gp/s",
+        "%exp"
     );
     for c in &report.cases {
         outln!(
             o,
-            "{:<18} {:>5} {:>6}  {:>10.3} {:>10.3} {:>10.3}  {:>7.3}x {:>7.3}x  {:>8.2} {:>9.2}",
+            "{:<18} {:>5} {:>6}  {:>10.3} {:>10.3} {:>10.3}  {:>7.3}x {:>7.3}x  {:>8.2} {:>4.0}%  {:>9.2} {:>4.0}%",
             c.layer,
             c.rows,
             format!("{}→{}", c.k, c.n),
@@ -147,12 +171,16 @@ fn op(args: &BenchOpArgs) -> Result<()> {
             c.speedup_f32,
             c.speedup_f16,
             c.emilio_f16_gb_s,
-            c.emilio_f16_gprod_s
+            c.bandwidth_fraction * 100.0,
+            c.emilio_f16_gprod_s,
+            c.exp_ceiling_fraction * 100.0
         );
     }
     outln!(
         o,
-        "× = stock time / emilio time (above 1: emilio faster). GB/s = weight bytes read per second."
+        "× = stock time / emilio time (above 1: emilio faster). GB/s = log-weight bytes read per \
+         second (%bw: of the memory read bandwidth); Gp/s = products per second (%exp: of the exp \
+         ceiling)."
     );
     crate::output::emit(&o)
 }
