@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use emilio_op::{LogLinear, WeightFormat};
 use serde::Serialize;
@@ -261,10 +261,9 @@ fn model(args: &BenchModelArgs) -> Result<()> {
         ed.push(d);
     }
     let params = linear_params(&cfg);
-    let log_bytes = match &emilio {
-        Runner::Emilio(m) => m.log_weight_bytes(),
-        Runner::Stock(_) => unreachable!("loaded as the emilio backend"),
-    };
+    let log_bytes = emilio
+        .log_weight_bytes()
+        .context("the emilio backend reports its weight bytes")?;
     let tok_s = |n: usize, secs: f64| n as f64 / secs.max(1e-9);
     let stock_side = ModelSide {
         prefill_tok_s: tok_s(args.prompt_tokens, median(sp)),

@@ -49,6 +49,14 @@ impl Runner {
         Ok(logits.squeeze(1)?)
     }
 
+    /// Bytes of log-domain weights (magnitudes and sign words), for the emilio backend.
+    pub fn log_weight_bytes(&self) -> Option<usize> {
+        match self {
+            Runner::Emilio(m) => Some(m.log_weight_bytes()),
+            Runner::Stock(_) => None,
+        }
+    }
+
     /// Forgets every position.
     pub fn clear_kv_cache(&mut self) {
         match self {

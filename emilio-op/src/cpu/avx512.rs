@@ -72,14 +72,7 @@ fn reduce(a: __m512, b: __m512) -> f32 {
     let mut lanes = [0f32; 16];
     // SAFETY: stores 16 lanes into a 16-float array.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(a, b)) };
-    let mut width = 16;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            lanes[l] += lanes[l + width];
-        }
-    }
-    lanes[0]
+    super::dot::pairwise_sum(&mut lanes)
 }
 
 /// 16 floats from the start of `s`, which must hold at least 16.

@@ -43,8 +43,16 @@ pub(crate) fn log_dot_lanes<T: LogFloat, const LANES: usize, const FMA: bool>(
         let l = i - body;
         acc[l] = acc[l] + T::signed_exp::<FMA>(la[i] + lb[i], sa[i] ^ sb[i]);
     }
-    // Pairwise reduction of the accumulators.
-    let mut width = LANES;
+    pairwise_sum(&mut acc)
+}
+
+/// Sums accumulator lanes in the one order every kernel uses (lane `l` takes lane `l + width`,
+/// halving the width), so the portable and intrinsics kernels agree bit for bit. `acc.len()` is
+/// a power of two; the lanes are overwritten.
+#[inline(always)]
+pub(crate) fn pairwise_sum<T: Copy + std::ops::Add<Output = T>>(acc: &mut [T]) -> T {
+    debug_assert!(acc.len().is_power_of_two());
+    let mut width = acc.len();
     while width > 1 {
         width /= 2;
         for l in 0..width {

@@ -7,6 +7,7 @@
 
 use half::f16;
 
+use super::dot::pairwise_sum;
 use super::exp::exp_f32;
 use super::isa::Isa;
 use crate::packing::SIGN_BITS_PER_WORD;
@@ -83,14 +84,7 @@ pub(crate) fn log_dot_packed_lanes<M: Magnitude, const FMA: bool>(
             acc[l] += f32::from_bits(e.to_bits() ^ sa[i] ^ mask);
         }
     }
-    let mut width = W;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-    }
-    acc[0]
+    pairwise_sum(&mut acc)
 }
 
 /// The decode kernel for this CPU (see [`Isa`]).

@@ -104,27 +104,33 @@ pub(crate) fn ln_split<S: Input>(src: &[S], view: &MatrixView) -> SplitOperand<S
     if k == 0 {
         return SplitOperand { logs, masks };
     }
-    let split_row = |r: usize, logs: &mut [S::Acc], masks: &mut [<S::Acc as LogFloat>::Mask]| {
+    // `gather` is a per-thread buffer for strided rows (a transposed operand, e.g. V in P·V):
+    // they are gathered into it, then split as one run, with no allocation per row.
+    let split_row = |gather: &mut Vec<S>,
+                     r: usize,
+                     logs: &mut [S::Acc],
+                     masks: &mut [<S::Acc as LogFloat>::Mask]| {
         let (b, i) = (r / rows, r % rows);
         let base = view.batch_offsets[b] + i * view.row_stride;
         if view.col_stride == 1 {
             S::split_run(&src[base..base + k], logs, masks);
         } else {
-            // A strided row (a transposed operand): gather it, then split it as one run.
-            let row: Vec<S> = (0..k).map(|c| src[base + c * view.col_stride]).collect();
-            S::split_run(&row, logs, masks);
+            gather.clear();
+            gather.extend((0..k).map(|c| src[base + c * view.col_stride]));
+            S::split_run(gather, logs, masks);
         }
     };
     if total >= PARALLEL_SPLIT_MIN {
         logs.par_chunks_mut(k)
             .zip(masks.par_chunks_mut(k))
             .enumerate()
-            .for_each(|(r, (l, m))| split_row(r, l, m));
+            .for_each_init(Vec::new, |gather, (r, (l, m))| split_row(gather, r, l, m));
     } else {
+        let mut gather = Vec::new();
         logs.chunks_mut(k)
             .zip(masks.chunks_mut(k))
             .enumerate()
-            .for_each(|(r, (l, m))| split_row(r, l, m));
+            .for_each(|(r, (l, m))| split_row(&mut gather, r, l, m));
     }
     SplitOperand { logs, masks }
 }
