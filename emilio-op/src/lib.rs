@@ -77,6 +77,12 @@
 mod backend;
 mod check;
 mod cpu;
+// The GPU kernels (Metal and CUDA) run by the C++ SIMT emulator against the CPU path: tests only.
+#[cfg(test)]
+mod emulate;
+// The CUDA path: kernels/emilio.cu as PTX, launched through Candle's CUDA device.
+#[cfg(feature = "cuda")]
+mod cuda;
 mod float;
 mod linear;
 mod linear_op;
@@ -87,6 +93,9 @@ mod matmul;
 #[cfg(any(test, feature = "metal"))]
 mod metal;
 pub mod packing;
+// What a GPU call runs, shared by the Metal and CUDA paths (and their tests).
+#[cfg(any(test, feature = "metal", feature = "cuda"))]
+mod plan;
 mod weight;
 
 /// The SIMD instruction set the CPU kernels use in this process (`avx512`, `avx2`, `neon` or

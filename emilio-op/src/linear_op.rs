@@ -74,14 +74,22 @@ impl CustomOp3 for LogLinearOp {
 
     fn cuda_fwd(
         &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
+        x: &CudaStorage,
+        lx: &Layout,
+        mags: &CudaStorage,
+        lm: &Layout,
+        signs: &CudaStorage,
+        ls: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        Err(unsupported("the log-domain linear layer", "CUDA"))
+        #[cfg(feature = "cuda")]
+        {
+            crate::cuda::log_linear(x, lx, mags, lm, signs, ls)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (x, lx, mags, lm, signs, ls);
+            Err(unsupported("the log-domain linear layer", "CUDA"))
+        }
     }
 
     fn metal_fwd(

@@ -46,12 +46,21 @@ impl CustomOp2 for LogMatMul {
 
     fn cuda_fwd(
         &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        Err(unsupported("log_matmul", "CUDA"))
+        #[cfg(feature = "cuda")]
+        {
+            let dims = matmul_dims(l1.dims(), l2.dims())?;
+            crate::cuda::log_matmul(s1, l1, s2, l2, dims)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (s1, l1, s2, l2);
+            Err(unsupported("log_matmul", "CUDA"))
+        }
     }
 
     fn metal_fwd(

@@ -7,7 +7,7 @@
 //! - the check itself rejects a source using something the stub lacks;
 //! - the sign packing the kernels are written for is `emilio_op::packing`'s.
 //!
-//! The kernels' behaviour is tested by emilio-op's unit tests (`src/metal/emulate.rs`), which
+//! The kernels' behaviour is tested by emilio-op's unit tests (`src/emulate.rs`), which
 //! run them in a SIMT emulator built from the same two files.
 //!
 //! The C++ compiler is `$CXX`, else `c++`, `g++` or `clang++`, the first found. Without one the

@@ -16,8 +16,8 @@ use objc2_metal::{
     MTLCompileOptions, MTLComputePipelineState, MTLMathFloatingPointFunctions, MTLMathMode,
 };
 
-use super::plan::SIMD_WIDTH;
 use super::source::SOURCE;
+use crate::plan::SIMD_WIDTH;
 
 /// The kernel library of one device and the pipelines built from it so far.
 pub(crate) struct Kernels {

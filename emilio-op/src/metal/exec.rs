@@ -18,7 +18,7 @@ use candle_metal_kernels::utils::{set_param, Input, Output};
 use objc2_metal::MTLSize;
 
 use super::device::kernels;
-use super::plan::{Arg, Buf, Plan};
+use crate::plan::{Arg, Buf, Plan};
 
 fn size(v: [usize; 3]) -> MTLSize {
     MTLSize {

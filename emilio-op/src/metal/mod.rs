@@ -2,13 +2,15 @@
 //! Candle's Metal backend.
 //!
 //! - [`source`]: the kernel source, embedded, and the constants it shares with the CPU path.
-//! - [`plan`]: what a call runs (kernels, arguments, buffers, grids), in plain Rust.
+//! - [`crate::plan`]: what a call runs (kernels, arguments, buffers, grids), in plain Rust,
+//!   shared with the CUDA path.
 //! - `device`: the compiled library and pipelines, cached per device (Apple targets only).
 //! - `exec`: encodes a plan on the device's command encoder (Apple targets only).
 //!
 //! `source` and `plan` are also built for the tests on every platform: the constants are
 //! checked against [`crate::packing`] and the CPU kernels, and the plans run through the C++
-//! SIMT emulator (`emulate`, tests only), which executes the kernels' own source.
+//! SIMT emulator (`crate::emulate`, tests only, shared with the CUDA kernels), which executes
+//! the kernels' own source.
 //!
 //! Not yet run on Apple hardware by the project: see the README's "Apple GPUs (Metal)".
 
@@ -22,11 +24,7 @@
     allow(dead_code)
 )]
 
-pub(crate) mod plan;
 pub(crate) mod source;
-
-#[cfg(test)]
-mod emulate;
 
 #[cfg(all(
     feature = "metal",
@@ -53,7 +51,8 @@ mod ops {
     use candle_core::backend::BackendStorage;
     use candle_core::{bail, Layout, MetalStorage, Result, Shape};
 
-    use super::{exec, plan};
+    use super::exec;
+    use crate::plan::{self, Gpu};
 
     /// `LogMatMul::metal_fwd`: `(m, k, n)` as `crate::matmul` checked them.
     pub(crate) fn log_matmul(
@@ -71,7 +70,7 @@ mod ops {
                 b.dtype()
             );
         }
-        let plan = plan::log_matmul(a.dtype(), la, lb, dims)?;
+        let plan = plan::log_matmul(Gpu::Metal, a.dtype(), la, lb, dims)?;
         let out = exec::run(&plan, &[a, b])?;
         Ok((out, plan.output_shape))
     }
@@ -85,7 +84,15 @@ mod ops {
         signs: &MetalStorage,
         ls: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        let plan = plan::log_linear(x.dtype(), lx, mags.dtype(), lm, signs.dtype(), ls)?;
+        let plan = plan::log_linear(
+            Gpu::Metal,
+            x.dtype(),
+            lx,
+            mags.dtype(),
+            lm,
+            signs.dtype(),
+            ls,
+        )?;
         let out = exec::run(&plan, &[x, mags, signs])?;
         Ok((out, plan.output_shape))
     }

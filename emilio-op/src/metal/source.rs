@@ -2,7 +2,7 @@
 //!
 //! The kernel source opens with a block of `#define EMILIO_…` constants: the sign-packing width
 //! of [`crate::packing`], the constants of the CPU's `exp` and `ln` (which the kernels compute
-//! operation for operation) and the tile sizes [`super::plan`] dispatches with. The tests below
+//! operation for operation) and the tile sizes [`crate::plan`] dispatches with. The tests below
 //! parse that block and hold it to the Rust side, bit for bit, so the two cannot drift apart.
 
 /// The Metal source of every kernel, compiled at run time by the device.
@@ -14,19 +14,24 @@ mod tests {
 
     use super::SOURCE;
     use crate::cpu::exp::consts;
-    use crate::metal::plan;
     use crate::packing;
+    use crate::plan;
 
-    /// `name → value text` of the shared-constants block.
+    /// `name → value text` of the shared-constants block of the Metal source.
     fn defines() -> HashMap<&'static str, &'static str> {
-        let begin = SOURCE
+        defines_of(SOURCE)
+    }
+
+    /// `name → value text` of the shared-constants block of a kernel source.
+    fn defines_of(source: &'static str) -> HashMap<&'static str, &'static str> {
+        let begin = source
             .find("---- BEGIN EMILIO SHARED CONSTANTS")
             .expect("shared-constants block");
-        let end = SOURCE
+        let end = source
             .find("---- END EMILIO SHARED CONSTANTS")
             .expect("end of the shared-constants block");
         let mut out = HashMap::new();
-        for line in SOURCE[begin..end].lines() {
+        for line in source[begin..end].lines() {
             let mut words = line.split_whitespace();
             if words.next() != Some("#define") {
                 continue;
@@ -60,6 +65,25 @@ mod tests {
         digits
             .parse()
             .unwrap_or_else(|e| panic!("{name} = {text}: {e}"))
+    }
+
+    /// kernels/emilio.cu computes the same exp and ln and is driven by the same plans: its
+    /// constants block must be this one, name for name and digit for digit (so every check
+    /// below holds for it too).
+    #[test]
+    fn cuda_source_shares_every_constant() {
+        let cuda = defines_of(include_str!("../../../kernels/emilio.cu"));
+        let metal = defines();
+        let mut names: Vec<_> = metal.keys().chain(cuda.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            assert_eq!(
+                cuda.get(name),
+                metal.get(name),
+                "{name}: kernels/emilio.cu and kernels/emilio.metal disagree"
+            );
+        }
     }
 
     #[test]
@@ -130,7 +154,7 @@ mod tests {
 
     #[test]
     fn ln_constants_are_well_formed() {
-        // The values themselves are private to cpu/ln.rs; the emulator tests (super::emulate)
+        // The values themselves are private to cpu/ln.rs; the emulator tests (crate::emulate)
         // compare the kernels' ln bit for bit with the CPU's, which fails on any difference.
         for i in 0..9 {
             float(&format!("EMILIO_LN_P{i}"));

@@ -1,17 +1,23 @@
-//! Tests of the Metal path on machines without an Apple GPU: the [`Plan`]s the Metal ops would
-//! encode, run by the C++ SIMT emulator (`kernels/check/emulate.cpp`), which executes the
-//! kernels' own source compiled against `kernels/check/metal_stdlib_stub.h`, compared with the
-//! CPU path.
+//! Tests of the GPU paths on machines without a GPU: the [`Plan`]s the Metal and CUDA ops would
+//! run, executed by the C++ SIMT emulator (`kernels/check/emulate.cpp`) on the kernels' own
+//! source, compiled as C++ against a stub of the platform (`kernels/emilio.metal` with
+//! `kernels/check/metal_stdlib_stub.h`; `kernels/emilio.cu` with `kernels/check/cuda_stub.h`),
+//! and compared with the CPU path. Every emulated test runs once per backend
+//! (`tests::metal::NAME`, `tests::cuda::NAME`).
 //!
 //! What this covers: the plans (kernel choice and names, argument order, strides and offsets,
-//! temporary buffers, grids), the kernels' index arithmetic, tiling, barriers, SIMD-group
-//! reductions and dtype conversions, and their arithmetic as C++ executes it (bit for bit the
-//! CPU's `exp`/`ln` with fused multiply-add). What it cannot: the Metal compiler, the GPU's own
-//! arithmetic and the encoding in `exec.rs`; those need a Mac (`tests/tests/metal_*.rs`).
+//! temporary buffers, grids), the kernels' index arithmetic, tiling, barriers, SIMD-group and
+//! warp exchanges (CUDA's butterfly sums in the hardware's order, exactly: they are explicit
+//! shuffles), the CUDA GEMV's vectorised and scalar loops (which one ran is counted), and their
+//! arithmetic as C++ executes it (bit for bit the CPU's `exp`/`ln` with fused multiply-add).
+//! What it cannot: the Metal and CUDA compilers, the GPUs' own arithmetic, memory ordering
+//! beyond the barriers, and the device code (`metal/exec.rs`, `cuda/`); those need the
+//! hardware (`tests/tests/metal_*.rs`, `tests/tests/cuda_*.rs`).
 //!
-//! The emulator is built once per test process with the first C++ compiler found (`$CXX`, `c++`,
-//! `g++`, `clang++`), with AddressSanitizer where the toolchain has it, so that any access past
-//! a buffer fails the test. Without a compiler the tests are skipped with a note, except under
+//! Each emulator (one per backend) is built once per test process with the first C++ compiler
+//! found (`$CXX`, `c++`, `g++`, `clang++`), with AddressSanitizer and the alignment sanitizer
+//! where the toolchain has them, so that any access past a buffer, or a misaligned 16-byte
+//! load, fails the test. Without a compiler the tests are skipped with a note, except under
 //! `CI=true`, where they fail.
 
 use std::hash::{Hash, Hasher};
@@ -23,10 +29,44 @@ use std::sync::OnceLock;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 
-use super::plan::{Arg, Buf, Plan};
+use crate::plan::{Arg, Buf, Gpu, Plan};
 
+/// The backend's name in messages and file names.
+fn backend_name(gpu: Gpu) -> &'static str {
+    match gpu {
+        Gpu::Metal => "Metal",
+        Gpu::Cuda => "CUDA",
+    }
+}
+
+/// The files an emulator build compiles (the hash of its binary's name covers them).
+fn sources(gpu: Gpu) -> [&'static str; 3] {
+    match gpu {
+        Gpu::Metal => [
+            "kernels/check/emulate.cpp",
+            "kernels/check/metal_stdlib_stub.h",
+            "kernels/emilio.metal",
+        ],
+        Gpu::Cuda => [
+            "kernels/check/emulate.cpp",
+            "kernels/check/cuda_stub.h",
+            "kernels/emilio.cu",
+        ],
+    }
+}
+
+/// The define that selects the backend in `emulate.cpp`.
+fn defines(gpu: Gpu) -> &'static [&'static str] {
+    match gpu {
+        Gpu::Metal => &[],
+        Gpu::Cuda => &["-DEMILIO_EMULATE_CUDA"],
+    }
+}
+
+/// An emulator binary and the backend whose kernels it runs.
 struct Emulator {
     exe: PathBuf,
+    gpu: Gpu,
 }
 
 fn repo_root() -> PathBuf {
@@ -58,33 +98,46 @@ const FLAGS: [&str; 6] = [
     "-pthread",
 ];
 
-/// Compiles the emulator, or reuses the one built from the same sources, compiler and flags
-/// (in the temp dir, named by a hash of all of them).
-fn build() -> Option<Emulator> {
+/// Sanitizers, best first: AddressSanitizer and the alignment check, AddressSanitizer alone,
+/// none (a toolchain without them still checks everything else).
+const SANITIZERS: [&[&str]; 3] = [
+    &[
+        "-fsanitize=address,alignment",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+    ],
+    &["-fsanitize=address", "-fno-omit-frame-pointer"],
+    &[],
+];
+
+/// Compiles the emulator of `gpu`'s kernels, or reuses the one built from the same sources,
+/// compiler and flags (in the temp dir, named by a hash of all of them).
+fn build(gpu: Gpu) -> Option<Emulator> {
+    let name = backend_name(gpu);
     let Some(cxx) = find_cxx() else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!(
-                "no C++ compiler found (tried $CXX, c++, g++, clang++): the Metal kernels \
+                "no C++ compiler found (tried $CXX, c++, g++, clang++): the {name} kernels \
                  cannot be checked; install g++"
             );
         }
-        eprintln!("note: no C++ compiler found; skipping the emulated Metal kernel tests");
+        eprintln!("note: no C++ compiler found; skipping the emulated {name} kernel tests");
         return None;
     };
     let root = repo_root();
-    let source = root.join("kernels/check/emulate.cpp");
+    let source = root.join(sources(gpu)[0]);
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for file in [
-        "kernels/check/emulate.cpp",
-        "kernels/check/metal_stdlib_stub.h",
-        "kernels/emilio.metal",
-    ] {
+    for file in sources(gpu) {
         std::fs::read(root.join(file)).unwrap().hash(&mut hasher);
     }
-    (&cxx, FLAGS).hash(&mut hasher);
-    let exe = std::env::temp_dir().join(format!("emilio-metal-emulate-{:016x}", hasher.finish()));
+    (&cxx, FLAGS, defines(gpu), SANITIZERS).hash(&mut hasher);
+    let exe = std::env::temp_dir().join(format!(
+        "emilio-{}-emulate-{:016x}",
+        name.to_lowercase(),
+        hasher.finish()
+    ));
     if exe.is_file() {
-        return Some(Emulator { exe });
+        return Some(Emulator { exe, gpu });
     }
     // Built under a private name, then renamed into place: concurrent test processes race
     // harmlessly.
@@ -92,6 +145,7 @@ fn build() -> Option<Emulator> {
     let compile = |extra: &[&str]| {
         Command::new(&cxx)
             .args(FLAGS)
+            .args(defines(gpu))
             .args(extra)
             .arg(&source)
             .arg("-o")
@@ -99,25 +153,35 @@ fn build() -> Option<Emulator> {
             .output()
             .expect("running the C++ compiler")
     };
-    // AddressSanitizer where available; a toolchain without it still checks everything else.
-    if !compile(&["-fsanitize=address", "-fno-omit-frame-pointer"])
-        .status
-        .success()
-    {
-        let plain = compile(&[]);
-        assert!(
-            plain.status.success(),
-            "{cxx} cannot compile kernels/check/emulate.cpp (with kernels/emilio.metal):\n{}",
-            String::from_utf8_lossy(&plain.stderr)
+    let mut last = None;
+    for sanitizers in SANITIZERS {
+        let out = compile(sanitizers);
+        if out.status.success() {
+            last = None;
+            break;
+        }
+        last = Some(out);
+    }
+    if let Some(failed) = last {
+        panic!(
+            "{cxx} cannot compile kernels/check/emulate.cpp (with {}):\n{}",
+            sources(gpu)[2],
+            String::from_utf8_lossy(&failed.stderr)
         );
     }
     std::fs::rename(&building, &exe).expect("moving the emulator into place");
-    Some(Emulator { exe })
+    Some(Emulator { exe, gpu })
 }
 
-fn emulator() -> Option<&'static Emulator> {
-    static EMULATOR: OnceLock<Option<Emulator>> = OnceLock::new();
-    EMULATOR.get_or_init(build).as_ref()
+/// `gpu`'s emulator, built on first use.
+fn emulator(gpu: Gpu) -> Option<&'static Emulator> {
+    static METAL: OnceLock<Option<Emulator>> = OnceLock::new();
+    static CUDA: OnceLock<Option<Emulator>> = OnceLock::new();
+    let cell = match gpu {
+        Gpu::Metal => &METAL,
+        Gpu::Cuda => &CUDA,
+    };
+    cell.get_or_init(|| build(gpu)).as_ref()
 }
 
 /// The raw bytes of a CPU storage (little-endian elements).
@@ -131,7 +195,7 @@ fn storage_bytes(s: &CpuStorage) -> Vec<u8> {
     }
 }
 
-/// A tensor's whole storage (as a Metal buffer would hold it) and its layout.
+/// A tensor's whole storage (as a device buffer would hold it) and its layout.
 fn operand(t: &Tensor) -> (Vec<u8>, Layout) {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
@@ -140,12 +204,20 @@ fn operand(t: &Tensor) -> (Vec<u8>, Layout) {
     }
 }
 
+/// What one emulator run gives back.
+struct Ran {
+    /// The output buffer.
+    output: Vec<u8>,
+    /// Per dispatch, the 16-byte loads the CUDA kernels made through `uint4` (0 for Metal).
+    vector_loads: Vec<usize>,
+}
+
 impl Emulator {
-    /// Runs `plan` over `operands` (whole storages); returns the output bytes.
-    fn run(&self, plan: &Plan, operands: &[Vec<u8>]) -> Vec<u8> {
+    /// Runs `plan` over `operands` (whole storages).
+    fn run(&self, plan: &Plan, operands: &[Vec<u8>]) -> Ran {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "emilio-metal-run-{}-{}",
+            "emilio-emulate-run-{}-{}",
             std::process::id(),
             RUNS.fetch_add(1, Ordering::Relaxed)
         ));
@@ -197,14 +269,30 @@ impl Emulator {
             .expect("running the emulator");
         assert!(
             run.status.success(),
-            "the emulator failed on {} (inputs kept in {}):\n{}",
+            "the emulator ({}) failed on {} (inputs kept in {}):\n{}",
+            self.exe.display(),
             plan.label,
             dir.display(),
             String::from_utf8_lossy(&run.stderr)
         );
-        let out = std::fs::read(&out_path).unwrap();
+        // One line per dispatch: `ran KERNEL vector_loads N`.
+        let report = String::from_utf8(run.stdout).expect("the emulator reports in UTF-8");
+        let vector_loads: Vec<usize> = report
+            .lines()
+            .map(
+                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    ["ran", _, "vector_loads", n] => n.parse().expect("a count"),
+                    _ => panic!("unexpected emulator report line {line:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(vector_loads.len(), plan.dispatches.len(), "{report}");
+        let output = std::fs::read(&out_path).unwrap();
         std::fs::remove_dir_all(&dir).ok();
-        out
+        Ran {
+            output,
+            vector_loads,
+        }
     }
 }
 
@@ -218,32 +306,52 @@ fn output_tensor(plan: &Plan, bytes: &[u8]) -> Tensor {
     .unwrap()
 }
 
-/// `log_matmul(a, b)` as the Metal path computes it, emulated.
+/// `log_matmul(a, b)` as the emulator's GPU path computes it.
 fn emulated_matmul(em: &Emulator, a: &Tensor, b: &Tensor) -> Tensor {
     let r = a.rank();
     let dims = (a.dims()[r - 2], a.dims()[r - 1], b.dims()[r - 1]);
     let (ab, la) = operand(a);
     let (bb, lb) = operand(b);
-    let plan = super::plan::log_matmul(a.dtype(), &la, &lb, dims).unwrap();
-    output_tensor(&plan, &em.run(&plan, &[ab, bb]))
+    let plan = crate::plan::log_matmul(em.gpu, a.dtype(), &la, &lb, dims).unwrap();
+    output_tensor(&plan, &em.run(&plan, &[ab, bb]).output)
 }
 
-/// `w.forward(x)` as the Metal path computes it, emulated; also returns the kernel used.
-fn emulated_linear(em: &Emulator, x: &Tensor, w: &crate::LogWeight) -> (Tensor, String) {
+/// A linear layer as a GPU path computes it, emulated.
+struct Linear {
+    y: Tensor,
+    /// The kernel of the product (the last dispatch).
+    kernel: String,
+    /// Its 16-byte loads (CUDA's vectorised GEMV loop).
+    vector_loads: usize,
+}
+
+/// `x` against the log-domain weight `(magnitudes, signs)` (whatever their layouts), as the
+/// emulator's GPU path computes it.
+fn emulated_linear_parts(em: &Emulator, x: &Tensor, magnitudes: &Tensor, signs: &Tensor) -> Linear {
     let (xb, lx) = operand(x);
-    let (mb, lm) = operand(w.magnitudes());
-    let (sb, ls) = operand(w.signs());
-    let plan = super::plan::log_linear(
+    let (mb, lm) = operand(magnitudes);
+    let (sb, ls) = operand(signs);
+    let plan = crate::plan::log_linear(
+        em.gpu,
         x.dtype(),
         &lx,
-        w.magnitudes().dtype(),
+        magnitudes.dtype(),
         &lm,
-        w.signs().dtype(),
+        signs.dtype(),
         &ls,
     )
     .unwrap();
-    let kernel = plan.dispatches.last().unwrap().kernel.clone();
-    (output_tensor(&plan, &em.run(&plan, &[xb, mb, sb])), kernel)
+    let ran = em.run(&plan, &[xb, mb, sb]);
+    Linear {
+        y: output_tensor(&plan, &ran.output),
+        kernel: plan.dispatches.last().unwrap().kernel.clone(),
+        vector_loads: ran.vector_loads.last().copied().unwrap_or(0),
+    }
+}
+
+/// `w.forward(x)` as the emulator's GPU path computes it.
+fn emulated_linear(em: &Emulator, x: &Tensor, w: &crate::LogWeight) -> Linear {
+    emulated_linear_parts(em, x, w.magnitudes(), w.signs())
 }
 
 /// Values of a float tensor as f64, row-major.
@@ -294,22 +402,45 @@ fn assert_matches_cpu(what: &str, got: &Tensor, want: &Tensor, sums: &[f64], k: 
     }
 }
 
+/// `gpu`'s emulator, or return from the test (no C++ compiler, outside CI).
 macro_rules! emulator_or_skip {
-    () => {
-        match emulator() {
+    ($gpu:expr) => {
+        match emulator($gpu) {
             Some(em) => em,
             None => return,
         }
     };
 }
 
-#[cfg(test)]
+/// One `#[test]` per backend for each named function `fn NAME(gpu: Gpu)` of the enclosing
+/// module: `metal::NAME` and `cuda::NAME`.
+macro_rules! per_backend {
+    ($($name:ident),+ $(,)?) => {
+        mod metal {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(crate::plan::Gpu::Metal)
+                }
+            )+
+        }
+        mod cuda {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(crate::plan::Gpu::Cuda)
+                }
+            )+
+        }
+    };
+}
+
 mod tests {
     use candle_core::{DType, Device, Tensor};
     use half::{bf16, f16};
 
     use super::*;
-    use crate::metal::plan;
+    use crate::plan;
     use crate::{log_matmul, LogWeight, WeightFormat};
 
     /// Seeded normal-ish values (sum of uniforms), no dependency on rand's streams.
@@ -338,12 +469,11 @@ mod tests {
         assert_matches_cpu(what, &got, &want, &abs_sums(a, b), k);
     }
 
-    #[test]
-    fn products_are_the_cpu_arithmetic_bit_for_bit() {
+    fn products_are_the_cpu_arithmetic_bit_for_bit(gpu: Gpu) {
         // k = 1: every output is one product, exp(ln|a| + ln|b|) with the sign XOR-ed on, so
         // the kernels' ln and exp must give the CPU's (fused multiply-add) results exactly,
         // over every exponent, subnormals, zeros, infinities and NaN.
-        let em = emulator_or_skip!();
+        let em = emulator_or_skip!(gpu);
         let mut a: Vec<f32> = (0..=255u32)
             .flat_map(|e| [0u32, 0x2a_5a5a, 0x7f_ffff, 0x40_0001].map(|m| (e << 23) | m))
             .map(f32::from_bits)
@@ -396,7 +526,7 @@ mod tests {
     /// Runs one contiguous `ln_split` kernel over `bytes` (`n` elements) and returns
     /// `(logs, masks)` as bits.
     fn split_only(em: &Emulator, suffix: &str, bytes: Vec<u8>, n: usize) -> (Vec<u32>, Vec<u32>) {
-        use crate::metal::plan::{Arg, Buf, Dispatch, Plan, SPLIT_THREADS};
+        use crate::plan::{Arg, Buf, Dispatch, Plan, SPLIT_THREADS};
         let plan = Plan {
             label: "ln_split",
             temps: vec![],
@@ -426,18 +556,18 @@ mod tests {
         };
         let out: Vec<u32> = em
             .run(&plan, &[bytes])
+            .output
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
             .collect();
         (out[..n].to_vec(), out[n..].to_vec())
     }
 
-    #[test]
-    fn ln_split_is_the_cpu_ln_bit_for_bit() {
+    fn ln_split_is_the_cpu_ln_bit_for_bit(gpu: Gpu) {
         // The kernels' ln against cpu/ln.rs (fused multiply-add build) on a sweep of every
         // 997th positive f32 (subnormals to the largest finite), both signs, the specials, and
         // every f16 and bf16 bit pattern through their widening loads.
-        let em = emulator_or_skip!();
+        let em = emulator_or_skip!(gpu);
         use crate::cpu::ln::ln_f32;
         let check = |what: &str, x: &[f32], logs: &[u32], masks: &[u32]| {
             for (i, &x) in x.iter().enumerate() {
@@ -477,9 +607,8 @@ mod tests {
         check("bf16", &x, &logs, &masks);
     }
 
-    #[test]
-    fn matmul_shapes_and_layouts_match_the_cpu() {
-        let em = emulator_or_skip!();
+    fn matmul_shapes_and_layouts_match_the_cpu(gpu: Gpu) {
+        let em = emulator_or_skip!(gpu);
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let w = |s: &str| format!("{s} {dtype:?}");
             let t = |seed, dims: &[usize]| randn(seed, dims, dtype);
@@ -514,9 +643,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn linear_decode_and_prefill_match_the_cpu() {
-        let em = emulator_or_skip!();
+    fn linear_decode_and_prefill_match_the_cpu(gpu: Gpu) {
+        let em = emulator_or_skip!(gpu);
         // Every weight shape in f32 activations, then the half-precision activation dtypes
         // on one shape (the dtype only changes the loads and the final store).
         let shapes = [(1, 9, 33), (2, 40, 100), (3, 5, 32), (4, 67, 31)];
@@ -530,13 +658,7 @@ mod tests {
             );
         for format in [WeightFormat::F32, WeightFormat::F16] {
             for ((seed, out_dim, in_dim), dtype, rows) in cases.clone() {
-                let w = LogWeight::from_tensor(
-                    &randn(seed, &[out_dim, in_dim], DType::F32)
-                        .affine(0.05, 0.0)
-                        .unwrap(),
-                    format,
-                )
-                .unwrap();
+                let w = random_weight(seed, out_dim, in_dim, format);
                 let kernel = if rows <= plan::GEMV_MAX_M {
                     "gemv"
                 } else {
@@ -544,14 +666,95 @@ mod tests {
                 };
                 let x = randn(seed * 100 + rows as u64, &[rows, in_dim], dtype);
                 let what = format!("{format} {dtype:?} x({rows}, {in_dim}) w({out_dim}, {in_dim})");
-                let (got, used) = emulated_linear(em, &x, &w);
+                let Linear {
+                    y: got,
+                    kernel: used,
+                    ..
+                } = emulated_linear(em, &x, &w);
                 assert!(
                     used.starts_with(&format!("emilio_{kernel}_")),
                     "{what}: ran {used}"
                 );
-                let want = w.forward(&x).unwrap();
-                let sums = abs_sums(&x, &w_plain(&w).t().unwrap());
-                assert_matches_cpu(&what, &got, &want, &sums, in_dim);
+                check_linear(&what, &got, &x, &w);
+            }
+        }
+    }
+
+    /// A seeded `(out, in)` weight in `format`, values of about ±0.1.
+    fn random_weight(seed: u64, out_dim: usize, in_dim: usize, format: WeightFormat) -> LogWeight {
+        let w = randn(seed, &[out_dim, in_dim], DType::F32)
+            .affine(0.05, 0.0)
+            .unwrap();
+        LogWeight::from_tensor(&w, format).unwrap()
+    }
+
+    /// An emulated linear layer's output `got` against the CPU's `w.forward(x)`.
+    fn check_linear(what: &str, got: &Tensor, x: &Tensor, w: &LogWeight) {
+        let want = w.forward(x).unwrap();
+        let sums = abs_sums(x, &w_plain(w).t().unwrap());
+        assert_matches_cpu(what, got, &want, &sums, w.dims().1);
+    }
+
+    /// The CUDA GEMV reads magnitudes 16 bytes at a time (8 f16 or 4 f32 per lane) when `in` is
+    /// a multiple of that and of 4 and the rows are 16-byte aligned, and one element per lane
+    /// otherwise: both loops, for 1 to 4 rows, `out` not a multiple of the 4 features per block,
+    /// against the CPU, with the loop that ran told by its 16-byte loads (`out·in/W` of them:
+    /// each magnitude read once). Metal has the scalar loop only. Then a weight whose magnitudes
+    /// start one element into their buffer: misaligned rows take the scalar loop.
+    fn gemv_vector_and_scalar_loops_match_the_cpu(gpu: Gpu) {
+        let em = emulator_or_skip!(gpu);
+        let dtypes = [DType::F32, DType::F32, DType::F16, DType::BF16];
+        for format in [WeightFormat::F32, WeightFormat::F16] {
+            let width = 16 / format.dtype().size_in_bytes();
+            for in_dim in [8, 16, 36, 64, 100, 264, 1, 7, 33, 65] {
+                for rows in 1..=4 {
+                    let out_dim = 2 * rows + 3;
+                    let seed = (in_dim * 10 + rows) as u64;
+                    let w = random_weight(seed, out_dim, in_dim, format);
+                    let dtype = dtypes[rows - 1];
+                    let x = randn(seed + 1, &[rows, in_dim], dtype);
+                    let what = format!(
+                        "{gpu:?} {format} {dtype:?} x({rows}, {in_dim}) w({out_dim}, {in_dim})"
+                    );
+                    let got = emulated_linear(em, &x, &w);
+                    assert!(
+                        got.kernel.starts_with("emilio_gemv_"),
+                        "{what}: ran {}",
+                        got.kernel
+                    );
+                    let vectorised = gpu == Gpu::Cuda && in_dim % width == 0 && in_dim % 4 == 0;
+                    let loads = if vectorised {
+                        out_dim * in_dim / width
+                    } else {
+                        0
+                    };
+                    assert_eq!(got.vector_loads, loads, "{what}: 16-byte loads");
+                    check_linear(&what, &got.y, &x, &w);
+                }
+            }
+            // The same magnitudes one element into their buffer: the rows are not 16-byte
+            // aligned, whatever `in`.
+            let (out_dim, in_dim) = (7, 64);
+            let w = random_weight(70, out_dim, in_dim, format);
+            let shifted = Tensor::cat(
+                &[
+                    &Tensor::zeros(1, format.dtype(), &Device::Cpu).unwrap(),
+                    &w.magnitudes().flatten_all().unwrap(),
+                ],
+                0,
+            )
+            .unwrap()
+            .narrow(0, 1, out_dim * in_dim)
+            .unwrap()
+            .reshape((out_dim, in_dim))
+            .unwrap();
+            assert_eq!(shifted.layout().start_offset(), 1);
+            for rows in [1, 4] {
+                let x = randn(71 + rows as u64, &[rows, in_dim], DType::F32);
+                let what = format!("{gpu:?} {format} x({rows}, {in_dim}), magnitudes at offset 1");
+                let got = emulated_linear_parts(em, &x, &shifted, w.signs());
+                assert_eq!(got.vector_loads, 0, "{what}: 16-byte loads");
+                check_linear(&what, &got.y, &x, &w);
             }
         }
     }
@@ -577,9 +780,8 @@ mod tests {
         Tensor::from_vec(v, (o, i), &Device::Cpu).unwrap()
     }
 
-    #[test]
-    fn linear_strided_inputs_match_the_cpu() {
-        let em = emulator_or_skip!();
+    fn linear_strided_inputs_match_the_cpu(gpu: Gpu) {
+        let em = emulator_or_skip!(gpu);
         let w = LogWeight::from_tensor(
             &randn(20, &[24, 40], DType::F32).affine(0.05, 0.0).unwrap(),
             WeightFormat::F16,
@@ -605,7 +807,7 @@ mod tests {
             ("1-D", randn(25, &[40], DType::F32)),
         ];
         for (what, x) in cases {
-            let (got, _) = emulated_linear(em, &x, &w);
+            let got = emulated_linear(em, &x, &w).y;
             let want = w.forward(&x).unwrap();
             let x2 = x.reshape(((), 40)).unwrap();
             let sums = abs_sums(&x2, &plain.t().unwrap());
@@ -613,9 +815,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ieee_edges_match_the_cpu() {
-        let em = emulator_or_skip!();
+    /// `got` against `want`: NaN for NaN, the same bits for an infinity or a zero, otherwise
+    /// within a relative `rel`.
+    fn special_or_close(got: f64, want: f64, rel: f64) -> bool {
+        if want.is_nan() {
+            got.is_nan()
+        } else if want.is_infinite() || want == 0.0 {
+            got.to_bits() == want.to_bits()
+        } else {
+            ((got - want) / want).abs() < rel
+        }
+    }
+
+    fn ieee_edges_match_the_cpu(gpu: Gpu) {
+        let em = emulator_or_skip!(gpu);
         let specials = [
             0.0f32,
             -0.0,
@@ -636,18 +849,11 @@ mod tests {
         let got = emulated_matmul(em, &a, &b);
         let want = log_matmul(&a, &b).unwrap();
         let (g, w) = (values(&got), values(&want));
-        for (i, (g, w)) in g.iter().zip(&w).enumerate() {
+        for (i, (&g, &w)) in g.iter().zip(&w).enumerate() {
             // Zeros, infinities and NaN exactly; finite products within a few ulp (the CPU's
             // exp may be a build without fused multiply-add).
-            let ok = if w.is_nan() {
-                g.is_nan()
-            } else if w.is_infinite() || *w == 0.0 {
-                g.to_bits() == w.to_bits()
-            } else {
-                ((g - w) / w).abs() < 1e-6
-            };
             assert!(
-                ok,
+                special_or_close(g, w, 1e-6),
                 "{} · {}: emulated {g:e}, CPU {w:e}",
                 specials[i / n],
                 specials[i % n]
@@ -663,17 +869,13 @@ mod tests {
             let b = Tensor::from_vec(pick(k + 1, k * 5), (k, 5), &Device::Cpu).unwrap();
             let got = values(&emulated_matmul(em, &a, &b));
             let want = values(&log_matmul(&a, &b).unwrap());
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 // The same products; sums of specials are exact or special, whatever the order,
                 // except for finite sums with rounding (compared loosely).
-                let ok = if w.is_nan() {
-                    g.is_nan()
-                } else if w.is_infinite() || *w == 0.0 {
-                    g.to_bits() == w.to_bits()
-                } else {
-                    ((g - w) / w).abs() < 1e-5
-                };
-                assert!(ok, "k = {k}, output {i}: emulated {g:e}, CPU {w:e}");
+                assert!(
+                    special_or_close(g, w, 1e-5),
+                    "k = {k}, output {i}: emulated {g:e}, CPU {w:e}"
+                );
             }
         }
         // Signed zeros through a linear layer, GEMV (1 row) and GEMM (6 rows): every product
@@ -694,7 +896,7 @@ mod tests {
                 })
                 .collect();
             let x = Tensor::from_vec(x, (rows, 2), &Device::Cpu).unwrap();
-            let (got, _) = emulated_linear(em, &x, &w);
+            let got = emulated_linear(em, &x, &w).y;
             let want = w.forward(&x).unwrap();
             let (g, w2) = (values(&got), values(&want));
             for (i, (g, w)) in g.iter().zip(&w2).enumerate() {
@@ -707,12 +909,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn outputs_round_as_the_cpu_casts() {
+    fn outputs_round_as_the_cpu_casts(gpu: Gpu) {
         // f16/bf16 results are the f32 sum rounded once; with k = 1 the sum is the product, so
         // the rounding itself is compared bit for bit with the half crate's (what the CPU op
         // uses), overflow to infinity included.
-        let em = emulator_or_skip!();
+        let em = emulator_or_skip!(gpu);
         use crate::cpu::{exp::exp_f32, ln::ln_f32};
         let a: Vec<f32> = (0..200)
             .map(|i| (i as f32 - 100.0) * 37.3 + 0.001 * i as f32)
@@ -763,9 +964,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn empty_and_k0_products() {
-        let em = emulator_or_skip!();
+    fn empty_and_k0_products(gpu: Gpu) {
+        let em = emulator_or_skip!(gpu);
         // k = 0 through the op itself (log_matmul returns early, so run the plan directly):
         // every output is the empty sum, -0.0 as the CPU kernels give.
         let a = Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap();
@@ -780,44 +980,52 @@ mod tests {
         let b = Tensor::zeros((2, 5, 3), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(emulated_matmul(em, &a, &b).dims(), &[2, 0, 3]);
     }
-}
 
-#[cfg(test)]
+    per_backend!(
+        products_are_the_cpu_arithmetic_bit_for_bit,
+        ln_split_is_the_cpu_ln_bit_for_bit,
+        matmul_shapes_and_layouts_match_the_cpu,
+        linear_decode_and_prefill_match_the_cpu,
+        gemv_vector_and_scalar_loops_match_the_cpu,
+        linear_strided_inputs_match_the_cpu,
+        ieee_edges_match_the_cpu,
+        outputs_round_as_the_cpu_casts,
+        empty_and_k0_products,
+    );
+}
 mod plan_tests {
     //! The plans' own checks: these need no emulator.
 
     use candle_core::{DType, Layout, Shape};
 
-    use crate::metal::plan;
+    use super::backend_name;
+    use crate::plan::{self, Gpu};
 
     fn contiguous(dims: &[usize]) -> Layout {
         Layout::contiguous(Shape::from(dims))
     }
 
-    #[test]
-    fn f64_and_integer_inputs_are_refused_clearly() {
-        let err = plan::log_matmul(
-            DType::F64,
-            &contiguous(&[2, 3]),
-            &contiguous(&[3, 4]),
-            (2, 3, 4),
-        )
-        .unwrap_err()
-        .to_string();
+    fn f64_and_integer_inputs_are_refused_clearly(gpu: Gpu) {
+        let matmul_err = |dtype| {
+            plan::log_matmul(
+                gpu,
+                dtype,
+                &contiguous(&[2, 3]),
+                &contiguous(&[3, 4]),
+                (2, 3, 4),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let err = matmul_err(DType::F64);
         assert!(
-            err.contains("f64") && err.contains("Metal") && err.contains("to_dtype"),
+            err.contains("f64") && err.contains(backend_name(gpu)) && err.contains("to_dtype"),
             "{err}"
         );
-        let err = plan::log_matmul(
-            DType::U32,
-            &contiguous(&[2, 3]),
-            &contiguous(&[3, 4]),
-            (2, 3, 4),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = matmul_err(DType::U32);
         assert!(err.contains("U32"), "{err}");
         let err = plan::log_linear(
+            gpu,
             DType::F64,
             &contiguous(&[1, 3]),
             DType::F16,
@@ -830,43 +1038,27 @@ mod plan_tests {
         assert!(err.contains("f64"), "{err}");
     }
 
-    #[test]
-    fn malformed_weights_are_refused() {
+    fn malformed_weights_are_refused(gpu: Gpu) {
         let x = contiguous(&[1, 40]);
         let mags = contiguous(&[8, 40]);
         let signs = contiguous(&[8, 2]);
-        let ok = plan::log_linear(DType::F32, &x, DType::F16, &mags, DType::U32, &signs);
-        assert!(ok.is_ok());
+        // f32 activations against magnitudes and signs of these dtypes and layouts.
+        let linear = |x: &Layout, mag_dtype, mags: &Layout, signs: &Layout| {
+            plan::log_linear(gpu, DType::F32, x, mag_dtype, mags, DType::U32, signs)
+        };
+        assert!(linear(&x, DType::F16, &mags, &signs).is_ok());
         let t = contiguous(&[40, 8]).transpose(0, 1).unwrap();
-        let err = plan::log_linear(DType::F32, &x, DType::F16, &t, DType::U32, &signs).unwrap_err();
+        let err = linear(&x, DType::F16, &t, &signs).unwrap_err();
         assert!(err.to_string().contains("contiguous"), "{err}");
-        let err =
-            plan::log_linear(DType::F32, &x, DType::BF16, &mags, DType::U32, &signs).unwrap_err();
+        let err = linear(&x, DType::BF16, &mags, &signs).unwrap_err();
         assert!(err.to_string().contains("f32 or f16"), "{err}");
-        let err = plan::log_linear(
-            DType::F32,
-            &x,
-            DType::F16,
-            &mags,
-            DType::U32,
-            &contiguous(&[8, 1]),
-        )
-        .unwrap_err();
+        let err = linear(&x, DType::F16, &mags, &contiguous(&[8, 1])).unwrap_err();
         assert!(err.to_string().contains("(8, 2)"), "{err}");
-        let err = plan::log_linear(
-            DType::F32,
-            &contiguous(&[1, 39]),
-            DType::F16,
-            &mags,
-            DType::U32,
-            &signs,
-        )
-        .unwrap_err();
+        let err = linear(&contiguous(&[1, 39]), DType::F16, &mags, &signs).unwrap_err();
         assert!(err.to_string().contains("(…, 40)"), "{err}");
     }
 
-    #[test]
-    fn kernel_choice_follows_the_row_count() {
+    fn kernel_choice_follows_the_row_count(gpu: Gpu) {
         let mags = contiguous(&[8, 40]);
         let signs = contiguous(&[8, 2]);
         for (rows, kernel) in [
@@ -875,6 +1067,7 @@ mod plan_tests {
             (5, "emilio_gemm_w_f16_f16"),
         ] {
             let p = plan::log_linear(
+                gpu,
                 DType::F16,
                 &contiguous(&[rows, 40]),
                 DType::F16,
@@ -889,9 +1082,16 @@ mod plan_tests {
         }
         // A broadcast right operand is split once: its split covers one batch.
         let b = contiguous(&[20, 5]).broadcast_as((3, 20, 5)).unwrap();
-        let p = plan::log_matmul(DType::F32, &contiguous(&[3, 7, 20]), &b, (7, 20, 5)).unwrap();
+        let p =
+            plan::log_matmul(gpu, DType::F32, &contiguous(&[3, 7, 20]), &b, (7, 20, 5)).unwrap();
         assert_eq!(p.temps, vec![8 * 3 * 7 * 20, 8 * 20 * 5]);
         assert_eq!(p.dispatches[1].kernel, "emilio_ln_split_strided_f32");
         assert_eq!(p.dispatches[2].args[3], plan::Arg::U32(0));
     }
+
+    per_backend!(
+        f64_and_integer_inputs_are_refused_clearly,
+        malformed_weights_are_refused,
+        kernel_choice_follows_the_row_count,
+    );
 }

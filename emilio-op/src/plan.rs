@@ -1,10 +1,13 @@
-//! What one call runs on the GPU, worked out in plain Rust: the kernels of
-//! `kernels/emilio.metal`, their arguments in binding order, the temporary buffers and the grids.
+//! What one call runs on a GPU, worked out in plain Rust: the kernels of `kernels/emilio.metal`
+//! and `kernels/emilio.cu` (the same names, the same arguments in the same order), their
+//! arguments, the temporary buffers and the grids.
 //!
-//! [`super::exec`] encodes a [`Plan`] on a Candle Metal device. The tests run the same plans
-//! through the C++ SIMT emulator (`kernels/check/emulate.cpp`, see [`super::emulate`]), so the
-//! shapes, strides, offsets, dtype dispatch and kernel names are exercised on machines without
-//! an Apple GPU; only the encoding itself is not.
+//! `crate::metal::exec` encodes a [`Plan`] on a Candle Metal device, `crate::cuda::exec`
+//! launches it on a Candle CUDA device; a threadgroup there is a block, a SIMD-group a warp.
+//! The tests run the same plans through the C++ SIMT emulator (`kernels/check/emulate.cpp`,
+//! see `crate::emulate`) over both kernel sources, so the shapes, strides, offsets, dtype
+//! dispatch and kernel names are exercised on machines without a GPU; only the encoding and
+//! the launches themselves are not.
 //!
 //! Every call first splits its activations once into `ln|x|` (`f32`) and sign masks (`u32`),
 //! reading them through their layout (any strides, broadcast batch dims), into a dense buffer
@@ -154,23 +157,54 @@ impl View {
 fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| {
         candle_core::Error::Msg(format!(
-            "emilio's Metal kernels index with 32 bits, but {what} is {v} (more than 2^32 - 1); \
+            "emilio's GPU kernels index with 32 bits, but {what} is {v} (more than 2^32 - 1); \
              split the call or run it on the CPU"
         ))
     })
 }
 
-/// Kernel-name suffix of an activation dtype, or the error for one Metal cannot run.
-fn act_suffix(op: &str, dtype: DType) -> Result<&'static str> {
+/// The GPU backend a plan is made for: the kernels are the same, some messages are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gpu {
+    #[cfg_attr(not(any(test, feature = "metal")), allow(dead_code))]
+    Metal,
+    #[cfg_attr(not(any(test, feature = "cuda")), allow(dead_code))]
+    Cuda,
+}
+
+impl Gpu {
+    fn name(self) -> &'static str {
+        match self {
+            Gpu::Metal => "Metal",
+            Gpu::Cuda => "CUDA",
+        }
+    }
+
+    /// Why f64 is refused.
+    fn no_f64(self) -> &'static str {
+        match self {
+            Gpu::Metal => "Apple GPUs have no f64 arithmetic",
+            Gpu::Cuda => "emilio's CUDA kernels compute in f32 (f64 runs on the CPU)",
+        }
+    }
+}
+
+/// Kernel-name suffix of an activation dtype, or the error for one the GPU kernels cannot run.
+fn act_suffix(gpu: Gpu, op: &str, dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
         DType::F32 => "f32",
         DType::F16 => "f16",
         DType::BF16 => "bf16",
         DType::F64 => bail!(
-            "{op} cannot run in f64 on a Metal device: Apple GPUs have no f64 arithmetic; \
-             convert the input with to_dtype(DType::F32), or run on the CPU (--device cpu)"
+            "{op} cannot run in f64 on a {} device: {}; \
+             convert the input with to_dtype(DType::F32), or run on the CPU (--device cpu)",
+            gpu.name(),
+            gpu.no_f64()
         ),
-        other => bail!("{op} needs float activations (f32, f16 or bf16 on Metal), got {other:?}"),
+        other => bail!(
+            "{op} needs float activations (f32, f16 or bf16 on {}), got {other:?}",
+            gpu.name()
+        ),
     })
 }
 
@@ -245,12 +279,13 @@ impl Plan {
 /// The plan of `log_matmul` for operands `a` (`(…, m, k)`, layout `la`) and `b` (`(…, k, n)`,
 /// layout `lb`) of one `dtype`, whose dims the caller has checked (`crate::matmul`).
 pub(crate) fn log_matmul(
+    gpu: Gpu,
     dtype: DType,
     la: &Layout,
     lb: &Layout,
     (m, k, n): (usize, usize, usize),
 ) -> Result<Plan> {
-    let suffix = act_suffix("log_matmul", dtype)?;
+    let suffix = act_suffix(gpu, "log_matmul", dtype)?;
     let rank = la.dims().len();
     let batch_dims = &la.dims()[..rank - 2];
     let batch: usize = batch_dims.iter().product();
@@ -304,6 +339,7 @@ pub(crate) fn log_matmul(
 /// log-domain weight, magnitudes `(out, in)` (`f32` or `f16`, contiguous) and packed signs
 /// `(out, ⌈in/32⌉)` (`u32`, contiguous), as [`crate::packing`] lays them out.
 pub(crate) fn log_linear(
+    gpu: Gpu,
     x_dtype: DType,
     lx: &Layout,
     mag_dtype: DType,
@@ -328,7 +364,7 @@ pub(crate) fn log_linear(
             ls.dims()
         );
     }
-    let suffix = act_suffix(OP, x_dtype)?;
+    let suffix = act_suffix(gpu, OP, x_dtype)?;
     let dims = lx.dims();
     match dims.last() {
         Some(&last) if last == k => {}
