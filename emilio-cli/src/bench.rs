@@ -59,30 +59,61 @@ struct OpCase {
     emilio_f16_gb_s: f64,
     /// Products (exp evaluations) per second, emilio f16, in billions.
     emilio_f16_gprod_s: f64,
-    /// emilio f16's products per second as a fraction of the machine's exp ceiling.
-    exp_ceiling_fraction: f64,
+    /// emilio f16's products per second as a fraction of the machine's exp ceiling (CPU only).
+    exp_ceiling_fraction: Option<f64>,
     /// emilio f16's weight bytes per second as a fraction of the machine's read bandwidth.
     bandwidth_fraction: f64,
 }
 
 #[derive(Debug, Serialize)]
 struct OpReport {
-    isa: &'static str,
+    /// `cpu`, `cuda` or `metal`.
+    device: &'static str,
+    /// The CPU kernels' instruction set (CPU runs only).
+    isa: Option<&'static str>,
     threads: usize,
     reps: usize,
     /// Products per second of the dot kernel with L1-resident operands on all threads
-    /// (`emilio_op::machine::exp_ceiling`), in billions.
-    exp_ceiling_gprod_s: f64,
-    /// Memory read bandwidth of all threads summing a 256 MiB buffer
-    /// (`emilio_op::machine::memory_read_bandwidth`), GB/s.
+    /// (`emilio_op::machine::exp_ceiling`), in billions (CPU runs only).
+    exp_ceiling_gprod_s: Option<f64>,
+    /// The bandwidth the weights are read at, at best, in GB/s: on the CPU, all threads summing
+    /// a 256 MiB buffer (`emilio_op::machine::memory_read_bandwidth`); on a GPU, a 512 MiB
+    /// device-to-device copy, counting bytes read plus bytes written.
     memory_read_gb_s: f64,
     cases: Vec<OpCase>,
 }
 
+/// A GPU's memory bandwidth: a device-to-device copy of 512 MiB of random f32 (random, not
+/// zeros, so no compression or zero shortcut flatters it), bytes read plus written, median of 5.
+fn device_copy_bandwidth(dev: &Device) -> Result<f64> {
+    let elems = 128usize << 20;
+    let src = Tensor::randn(0f32, 1.0, elems, dev)?;
+    let secs = median_secs(5, || {
+        let copy = src.copy()?;
+        dev.synchronize()?;
+        Ok(copy)
+    })?;
+    Ok(2.0 * (elems * 4) as f64 / secs)
+}
+
 fn op(args: &BenchOpArgs) -> Result<()> {
-    let dev = Device::Cpu;
-    let exp_ceiling = emilio_op::machine::exp_ceiling(std::time::Duration::from_millis(300));
-    let bandwidth = emilio_op::machine::memory_read_bandwidth(256 << 20, 3);
+    let dev = device::open(args.device)?;
+    let (exp_ceiling, bandwidth) = if dev.is_cpu() {
+        (
+            Some(emilio_op::machine::exp_ceiling(
+                std::time::Duration::from_millis(300),
+            )),
+            emilio_op::machine::memory_read_bandwidth(256 << 20, 3),
+        )
+    } else {
+        (None, device_copy_bandwidth(&dev)?)
+    };
+    // Each timed call waits for the device, so GPU times are of finished work.
+    let timed = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> Result<Tensor> {
+        let y = f()?;
+        dev.synchronize()?;
+        Ok(y)
+    };
     let mut cases = Vec::new();
     for (layer, k, n) in QWEN25_05B_LINEARS {
         for rows in [1, args.prefill_rows] {
@@ -95,10 +126,11 @@ fn op(args: &BenchOpArgs) -> Result<()> {
             let f32w = LogLinear::from_weights(&w, None, WeightFormat::F32)?;
             let f16w = LogLinear::from_weights(&w, None, WeightFormat::F16)?;
             let reps = if rows == 1 { args.reps * 3 } else { args.reps };
-            let stock_s = median_secs(reps, || Ok(stock.forward(&x)?))?;
-            let f32_s = median_secs(reps, || Ok(f32w.forward(&x)?))?;
-            let f16_s = median_secs(reps, || Ok(f16w.forward(&x)?))?;
+            let stock_s = median_secs(reps, || timed(&|| stock.forward(&x)))?;
+            let f32_s = median_secs(reps, || timed(&|| f32w.forward(&x)))?;
+            let f16_s = median_secs(reps, || timed(&|| f16w.forward(&x)))?;
             let f16_bytes = f16w.weight().size_in_bytes();
+            let products = (rows * k * n) as f64;
             cases.push(OpCase {
                 layer: layer.to_string(),
                 rows,
@@ -112,17 +144,18 @@ fn op(args: &BenchOpArgs) -> Result<()> {
                 stock_bytes: n * k * 4,
                 emilio_f16_bytes: f16_bytes,
                 emilio_f16_gb_s: f16_bytes as f64 / f16_s / 1e9,
-                emilio_f16_gprod_s: (rows * k * n) as f64 / f16_s / 1e9,
-                exp_ceiling_fraction: (rows * k * n) as f64 / f16_s / exp_ceiling,
+                emilio_f16_gprod_s: products / f16_s / 1e9,
+                exp_ceiling_fraction: exp_ceiling.map(|c| products / f16_s / c),
                 bandwidth_fraction: f16_bytes as f64 / f16_s / bandwidth,
             });
         }
     }
     let report = OpReport {
-        isa: emilio_op::cpu_isa(),
+        device: device::label(&dev),
+        isa: dev.is_cpu().then(emilio_op::cpu_isa),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         reps: args.reps,
-        exp_ceiling_gprod_s: exp_ceiling / 1e9,
+        exp_ceiling_gprod_s: exp_ceiling.map(|c| c / 1e9),
         memory_read_gb_s: bandwidth / 1e9,
         cases,
     };
@@ -131,17 +164,32 @@ fn op(args: &BenchOpArgs) -> Result<()> {
         return Ok(());
     }
     let mut o = String::new();
-    outln!(
-        o,
-        "emilio bench op: Qwen2.5-0.5B linear shapes, CPU ({} kernels, {} threads), median of {} reps (3x for decode)",
-        report.isa, report.threads, report.reps
-    );
-    outln!(
-        o,
-        "machine ceilings: exp kernel {:.2} G products/s (L1-resident, all threads); memory read {:.1} GB/s",
-        report.exp_ceiling_gprod_s,
-        report.memory_read_gb_s
-    );
+    match (report.isa, report.exp_ceiling_gprod_s) {
+        (Some(isa), Some(exp)) => {
+            outln!(
+                o,
+                "emilio bench op: Qwen2.5-0.5B linear shapes, CPU ({isa} kernels, {} threads), median of {} reps (3x for decode)",
+                report.threads, report.reps
+            );
+            outln!(
+                o,
+                "machine ceilings: exp kernel {exp:.2} G products/s (L1-resident, all threads); memory read {:.1} GB/s",
+                report.memory_read_gb_s
+            );
+        }
+        _ => {
+            outln!(
+                o,
+                "emilio bench op: Qwen2.5-0.5B linear shapes, {} device, median of {} reps (3x for decode)",
+                report.device, report.reps
+            );
+            outln!(
+                o,
+                "device ceiling: memory {:.1} GB/s (device-to-device copy, bytes read + written)",
+                report.memory_read_gb_s
+            );
+        }
+    }
     outln!(
         o,
         "{:<18} {:>5} {:>6}  {:>10} {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>5}  {:>9} {:>5}",
@@ -161,7 +209,7 @@ fn op(args: &BenchOpArgs) -> Result<()> {
     for c in &report.cases {
         outln!(
             o,
-            "{:<18} {:>5} {:>6}  {:>10.3} {:>10.3} {:>10.3}  {:>7.3}x {:>7.3}x  {:>8.2} {:>4.0}%  {:>9.2} {:>4.0}%",
+            "{:<18} {:>5} {:>6}  {:>10.3} {:>10.3} {:>10.3}  {:>7.3}x {:>7.3}x  {:>8.2} {:>4.0}%  {:>9.2} {:>5}",
             c.layer,
             c.rows,
             format!("{}→{}", c.k, c.n),
@@ -173,7 +221,8 @@ fn op(args: &BenchOpArgs) -> Result<()> {
             c.emilio_f16_gb_s,
             c.bandwidth_fraction * 100.0,
             c.emilio_f16_gprod_s,
-            c.exp_ceiling_fraction * 100.0
+            c.exp_ceiling_fraction
+                .map_or("-".to_string(), |f| format!("{:.0}%", f * 100.0))
         );
     }
     outln!(
@@ -198,6 +247,9 @@ struct ModelSide {
 struct ModelReport {
     model: String,
     weight_format: String,
+    /// `cpu`, `cuda` or `metal`.
+    device: &'static str,
+    /// The CPU kernels' instruction set (used on the CPU device only).
     isa: &'static str,
     prompt_tokens: usize,
     decode_tokens: usize,
@@ -280,6 +332,7 @@ fn model(args: &BenchModelArgs) -> Result<()> {
     let report = ModelReport {
         model: files.label.clone(),
         weight_format: format.to_string(),
+        device: device::label(&dev),
         isa: emilio_op::cpu_isa(),
         prompt_tokens: args.prompt_tokens,
         decode_tokens: args.decode_tokens,
@@ -296,8 +349,16 @@ fn model(args: &BenchModelArgs) -> Result<()> {
     let mut o = String::new();
     outln!(
         o,
-        "emilio bench model: {} | prompt {} tokens, decode {} tokens | median of {} | CPU kernels {}",
-        report.model, report.prompt_tokens, report.decode_tokens, report.reps, report.isa
+        "emilio bench model: {} | prompt {} tokens, decode {} tokens | median of {} | {}",
+        report.model,
+        report.prompt_tokens,
+        report.decode_tokens,
+        report.reps,
+        if report.device == "cpu" {
+            format!("CPU kernels {}", report.isa)
+        } else {
+            format!("{} device", report.device)
+        }
     );
     outln!(
         o,

@@ -139,6 +139,9 @@ pub enum BenchTarget {
 
 #[derive(Debug, Args)]
 pub struct BenchOpArgs {
+    /// Device to run on; cuda and metal need a build with `--features cuda` / `metal`.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
     /// Timed repetitions per case (the median is reported).
     #[arg(long, default_value_t = 9, value_parser = at_least_one())]
     pub reps: usize,

@@ -126,6 +126,9 @@ fn bench_op_json() {
     assert_eq!(r["reps"], 1, "{run}");
     positive(&r["threads"], "threads");
     assert!(r["isa"].as_str().is_some_and(|s| !s.is_empty()), "{run}");
+    assert_eq!(r["device"], "cpu", "{run}");
+    positive(&r["exp_ceiling_gprod_s"], "exp_ceiling_gprod_s");
+    positive(&r["memory_read_gb_s"], "memory_read_gb_s");
     let cases = r["cases"].as_array().expect("cases");
     // Five layer shapes at 1 row, and all but lm_head at 4 rows.
     assert_eq!(cases.len(), 9, "{run}");
@@ -143,6 +146,8 @@ fn bench_op_json() {
             "speedup_f16",
             "emilio_f16_gb_s",
             "emilio_f16_gprod_s",
+            "exp_ceiling_fraction",
+            "bandwidth_fraction",
         ] {
             positive(&c[key], key);
         }
