@@ -29,7 +29,7 @@ pub(crate) fn check_same(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     }
     if !a.device().same_device(b.device()) {
         bail!(
-            "{op} needs operands on one device, got {} and {}",
+            "{op} needs operands on one device, got {} and {}; move one with to_device",
             device_name(a.device()),
             device_name(b.device())
         );

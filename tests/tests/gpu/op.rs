@@ -264,8 +264,10 @@ pub fn unsupported_dtypes_are_clear_errors(dev: &Device, label: &str) {
 pub fn mixed_devices_are_clear_errors(dev: &Device, label: &str) {
     // An error (not a panic) that names both devices or says how to fix it.
     let g = Gpu { dev, label };
-    let clear =
-        |err: &str| err.contains("to_device") || (err.contains("cpu") && err.contains(label));
+    let clear = |err: &str| {
+        let err = err.to_lowercase();
+        err.contains("to_device") || (err.contains("cpu") && err.contains(label))
+    };
     let w = randn(60, &[6, 8], 0.1, DType::F32);
     let b = randn(61, &[6], 0.1, DType::F32);
     let x = randn(62, &[3, 8], 1.0, DType::F32);
