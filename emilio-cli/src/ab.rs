@@ -77,6 +77,8 @@ pub struct Speed {
 pub struct AbReport {
     pub model: String,
     pub weight_format: String,
+    /// Activations' and stock weights' dtype (`f32`, `f16`, `bf16`).
+    pub dtype: String,
     pub device: String,
     pub prompt_tokens: usize,
     pub per_position: Vec<PositionReport>,
@@ -159,11 +161,12 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let n = fit_context(prompt.len(), args.max_tokens, max_pos)?.max(1);
     let stops = stop_ids(&tokenizer);
     let format = args.model.weight_format;
+    let dtype = args.model.dtype.dtype();
 
-    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, &device)?;
+    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, dtype, &device)?;
     let stock_run = run_model(&mut stock, &prompt, n, None, &stops, &device)?;
     drop(stock);
-    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, &device)?;
+    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, dtype, &device)?;
     let forced = run_model(
         &mut emilio,
         &prompt,
@@ -215,6 +218,7 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let report = AbReport {
         model: files.label.clone(),
         weight_format: format.to_string(),
+        dtype: format!("{dtype:?}").to_lowercase(),
         device: format!("{:?}", args.model.device).to_lowercase(),
         prompt_tokens: prompt.len(),
         summary,
@@ -239,9 +243,10 @@ fn table(r: &AbReport) -> String {
     let mut o = String::new();
     outln!(
         o,
-        "emilio ab: {} | log weights {} | device {} | prompt {} tokens",
+        "emilio ab: {} | log weights {} | activations {} | device {} | prompt {} tokens",
         r.model,
         r.weight_format,
+        r.dtype,
         r.device,
         r.prompt_tokens
     );
@@ -307,7 +312,7 @@ fn table(r: &AbReport) -> String {
     outln!(
         o,
         "{:<16} {:>9.2} {:>14.1} {:>13.2}",
-        "stock f32",
+        format!("stock {}", r.dtype),
         r.stock_speed.load_secs,
         r.stock_speed.prefill_tok_s,
         r.stock_speed.decode_tok_s

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use emilio_op::{LogLinear, WeightFormat};
 use serde::Serialize;
 
@@ -247,6 +247,8 @@ struct ModelSide {
 struct ModelReport {
     model: String,
     weight_format: String,
+    /// Activations' and stock weights' dtype (`f32`, `f16`, `bf16`).
+    dtype: String,
     /// `cpu`, `cuda` or `metal`.
     device: &'static str,
     /// The CPU kernels' instruction set (used on the CPU device only).
@@ -300,8 +302,9 @@ fn model(args: &BenchModelArgs) -> Result<()> {
         .map(|i| ((i * 2_654_435_761 + 12_345) % vocab.max(1)) as u32)
         .collect();
     let format = args.model.weight_format;
-    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, &dev)?;
-    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, &dev)?;
+    let dtype = args.model.dtype.dtype();
+    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, dtype, &dev)?;
+    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, dtype, &dev)?;
     let (mut sp, mut sd, mut ep, mut ed) = (vec![], vec![], vec![], vec![]);
     // Alternate the backends so drift in machine load affects both alike.
     for _ in 0..args.reps.max(1) {
@@ -320,7 +323,7 @@ fn model(args: &BenchModelArgs) -> Result<()> {
     let stock_side = ModelSide {
         prefill_tok_s: tok_s(args.prompt_tokens, median(sp)),
         decode_tok_s: tok_s(args.decode_tokens, median(sd)),
-        weight_bytes_per_token: params * DType::F32.size_in_bytes(),
+        weight_bytes_per_token: params * dtype.size_in_bytes(),
         load_secs: stock_load.as_secs_f64(),
     };
     let emilio_side = ModelSide {
@@ -332,6 +335,7 @@ fn model(args: &BenchModelArgs) -> Result<()> {
     let report = ModelReport {
         model: files.label.clone(),
         weight_format: format.to_string(),
+        dtype: format!("{dtype:?}").to_lowercase(),
         device: device::label(&dev),
         isa: emilio_op::cpu_isa(),
         prompt_tokens: args.prompt_tokens,
@@ -349,8 +353,9 @@ fn model(args: &BenchModelArgs) -> Result<()> {
     let mut o = String::new();
     outln!(
         o,
-        "emilio bench model: {} | prompt {} tokens, decode {} tokens | median of {} | {}",
+        "emilio bench model: {} | {} | prompt {} tokens, decode {} tokens | median of {} | {}",
         report.model,
+        report.dtype,
         report.prompt_tokens,
         report.decode_tokens,
         report.reps,
@@ -370,7 +375,7 @@ fn model(args: &BenchModelArgs) -> Result<()> {
         "load (s)"
     );
     for (name, s) in [
-        ("stock f32".to_string(), &report.stock),
+        (format!("stock {}", report.dtype), &report.stock),
         (format!("emilio {}", report.weight_format), &report.emilio),
     ] {
         outln!(

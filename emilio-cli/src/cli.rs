@@ -44,6 +44,24 @@ pub enum DeviceArg {
     Metal,
 }
 
+/// The dtype activations (and stock Candle's weights) are computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DtypeArg {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            DtypeArg::F32 => candle_core::DType::F32,
+            DtypeArg::F16 => candle_core::DType::F16,
+            DtypeArg::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// Where the model comes from and what runs it.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -61,6 +79,10 @@ pub struct ModelArgs {
     /// Storage format of the log-domain weights: f16 (half the bytes of f32) or f32 (exact).
     #[arg(long, default_value_t = WeightFormat::F16, value_parser = parse_format)]
     pub weight_format: WeightFormat,
+    /// Dtype of the activations, the KV cache and stock Candle's weights (f16 or bf16 is what
+    /// GPUs usually run); log-domain products always accumulate in f32.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
 }
 
 /// How the prompt is built.

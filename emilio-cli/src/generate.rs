@@ -23,8 +23,13 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let prompt = encode_prompt(&tokenizer, &args.prompt)?;
     let max_pos = files.checkpoint.config.max_position_embeddings;
     let max_tokens = fit_context(prompt.len(), args.max_tokens, max_pos)?;
-    let (mut model, load_time) =
-        Runner::load(&files, args.backend, args.model.weight_format, &device)?;
+    let (mut model, load_time) = Runner::load(
+        &files,
+        args.backend,
+        args.model.weight_format,
+        args.model.dtype.dtype(),
+        &device,
+    )?;
 
     let sampling = match (args.temperature, args.top_p) {
         (0.0, _) => Sampling::ArgMax,

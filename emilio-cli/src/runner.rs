@@ -18,22 +18,23 @@ pub enum Runner {
 }
 
 impl Runner {
-    /// Loads `backend` from `files`; activations in f32 on `device`.
+    /// Loads `backend` from `files`, activations (and stock weights) in `dtype` on `device`.
     pub fn load(
         files: &ModelFiles,
         backend: Backend,
         format: WeightFormat,
+        dtype: DType,
         device: &Device,
     ) -> Result<(Self, Duration)> {
         let start = Instant::now();
         let ckpt = &files.checkpoint;
         let runner = match backend {
             Backend::Emilio => Runner::Emilio(
-                ckpt.load(DType::F32, device, &Options::new(format))
+                ckpt.load(dtype, device, &Options::new(format))
                     .with_context(|| load_context(files, "emilio"))?,
             ),
             Backend::Stock => Runner::Stock(
-                ckpt.load_stock(DType::F32, device)
+                ckpt.load_stock(dtype, device)
                     .with_context(|| load_context(files, "stock"))?,
             ),
         };

@@ -234,6 +234,40 @@ fn ab_json_on_tiny_f16_is_close() {
 }
 
 #[test]
+fn ab_half_precision_activations() {
+    // --dtype runs both backends' activations (and stock's weights) in f16 or bf16: the report
+    // says so, and the two stay close (both round every activation to 11 or 8 bits).
+    let sb = Sandbox::new();
+    let model = sb.synth_tiny("tiny", 2, &[]);
+    for (dtype, bound) in [("f16", 0.05), ("bf16", 0.2)] {
+        let run = ab(
+            &sb,
+            &model,
+            "The quick brown fox",
+            &["--no-chat", "--max-tokens", "4", "--dtype", dtype, "--json"],
+        );
+        let r = run.json();
+        assert_eq!(r["dtype"], dtype, "{run}");
+        check_report_shape(&r, &model, 4);
+        let rel = f64_of(&r["summary"]["max_rel_err"], "max_rel_err");
+        assert!(
+            rel > 0.0 && rel < bound,
+            "{dtype}: max_rel_err {rel}: {run}"
+        );
+    }
+    let run = ab(
+        &sb,
+        &model,
+        "The quick brown fox",
+        &["--no-chat", "--max-tokens", "2", "--dtype", "bf16"],
+    );
+    assert!(
+        run.stdout.contains("activations bf16") && run.stdout.contains("stock bf16"),
+        "{run}"
+    );
+}
+
+#[test]
 fn ab_table_mode() {
     let sb = Sandbox::new();
     let model = sb.synth_tiny("tiny", 1, &[]);
