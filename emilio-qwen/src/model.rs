@@ -1,17 +1,29 @@
 //! The Qwen2 fork: `candle_transformers::models::qwen2` line for line, with every linear layer a
 //! [`LogLinear`] and both attention products [`log_matmul`].
 //!
-//! Structure, names and every non-product step (rotary embedding, RMSNorm, `repeat_kv`, the causal
-//! and sliding-window mask, the KV cache, tied embeddings) are stock's, so an A/B against stock
+//! Names and every non-product step (rotary embedding, RMSNorm, the causal and sliding-window
+//! mask, the KV cache, tied embeddings) are stock's, so an A/B against stock
 //! measures the log domain and nothing else. The only additions are the [`Options`] value, two
 //! input checks that turn stock's panics/opaque errors into clear ones (an empty input, and a
 //! prompt running past `max_position_embeddings`), and [`ModelForCausalLM::log_weight_bytes`].
+//!
+//! Three changes of arrangement leave every result bit for bit what stock's arrangement
+//! gives, and make a CPU decode step cheaper (measured in `docs/decode-profile.md`):
+//! - `q/k/v_proj` run as one layer of stacked weights, and so do `gate/up_proj`: each output
+//!   is the same dot product over the same converted weight row, with one op call instead of
+//!   three (two), so fewer fork/joins per token;
+//! - attention groups the query heads that share a KV head (`(b, kv_heads, groups·q_len, d)`)
+//!   instead of `repeat_kv`: the same products, without copying and splitting into logs every
+//!   cached key and value once per query head;
+//! - on the CPU, [`ModelForCausalLM::forward`] and [`Model::forward`] run on rayon's pool, so the op calls
+//!   of a step start their parallel work from a worker thread instead of handing it over from
+//!   (and waking back) the caller's thread, ~220 times per token.
 
 use std::sync::Arc;
 
 use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Activation, RmsNorm, VarBuilder};
-use emilio_op::{log_linear, log_linear_no_bias, log_matmul, LogLinear, WeightFormat};
+use emilio_op::{log_linear_no_bias, log_matmul, LogLinear, WeightFormat};
 
 pub use candle_transformers::models::qwen2::Config;
 
@@ -79,8 +91,9 @@ impl RotaryEmbedding {
 #[derive(Debug, Clone)]
 #[allow(clippy::upper_case_acronyms)]
 struct MLP {
-    gate_proj: LogLinear,
-    up_proj: LogLinear,
+    /// `gate_proj` and `up_proj` stacked: `(2·intermediate, hidden)`, gate rows first.
+    gate_up_proj: LogLinear,
+    intermediate_size: usize,
     down_proj: LogLinear,
     act_fn: Activation,
 }
@@ -90,19 +103,24 @@ impl MLP {
         let hidden_sz = cfg.hidden_size;
         let intermediate_sz = cfg.intermediate_size;
         let f = opts.weight_format;
-        let gate_proj = log_linear_no_bias(hidden_sz, intermediate_sz, f, vb.pp("gate_proj"))?;
-        let up_proj = log_linear_no_bias(hidden_sz, intermediate_sz, f, vb.pp("up_proj"))?;
+        let gate = vb
+            .pp("gate_proj")
+            .get((intermediate_sz, hidden_sz), "weight")?;
+        let up = vb
+            .pp("up_proj")
+            .get((intermediate_sz, hidden_sz), "weight")?;
+        let gate_up_proj = LogLinear::from_weights(&Tensor::cat(&[&gate, &up], 0)?, None, f)?;
         let down_proj = log_linear_no_bias(intermediate_sz, hidden_sz, f, vb.pp("down_proj"))?;
         Ok(Self {
-            gate_proj,
-            up_proj,
+            gate_up_proj,
+            intermediate_size: intermediate_sz,
             down_proj,
             act_fn: cfg.hidden_act,
         })
     }
 
     fn log_weight_bytes(&self) -> usize {
-        [&self.gate_proj, &self.up_proj, &self.down_proj]
+        [&self.gate_up_proj, &self.down_proj]
             .iter()
             .map(|l| l.weight().size_in_bytes())
             .sum()
@@ -111,17 +129,19 @@ impl MLP {
 
 impl Module for MLP {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let lhs = xs.apply(&self.gate_proj)?.apply(&self.act_fn)?;
-        let rhs = xs.apply(&self.up_proj)?;
+        let gate_up = xs.apply(&self.gate_up_proj)?;
+        let n = self.intermediate_size;
+        let lhs = gate_up.narrow(D::Minus1, 0, n)?.apply(&self.act_fn)?;
+        let rhs = gate_up.narrow(D::Minus1, n, n)?;
         (lhs * rhs)?.apply(&self.down_proj)
     }
 }
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: LogLinear,
-    k_proj: LogLinear,
-    v_proj: LogLinear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked: `((heads + 2·kv_heads)·head_dim, hidden)`,
+    /// with their biases, in that order.
+    qkv_proj: LogLinear,
     o_proj: LogLinear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -145,14 +165,21 @@ impl Attention {
         let num_kv_groups = num_heads / num_kv_heads;
         let head_dim = hidden_sz / num_heads;
         let f = opts.weight_format;
-        let q_proj = log_linear(hidden_sz, num_heads * head_dim, f, vb.pp("q_proj"))?;
-        let k_proj = log_linear(hidden_sz, num_kv_heads * head_dim, f, vb.pp("k_proj"))?;
-        let v_proj = log_linear(hidden_sz, num_kv_heads * head_dim, f, vb.pp("v_proj"))?;
+        let get = |name: &str, out: usize| -> Result<(Tensor, Tensor)> {
+            let vb = vb.pp(name);
+            Ok((vb.get((out, hidden_sz), "weight")?, vb.get(out, "bias")?))
+        };
+        let (q_w, q_b) = get("q_proj", num_heads * head_dim)?;
+        let (k_w, k_b) = get("k_proj", num_kv_heads * head_dim)?;
+        let (v_w, v_b) = get("v_proj", num_kv_heads * head_dim)?;
+        let qkv_proj = LogLinear::from_weights(
+            &Tensor::cat(&[&q_w, &k_w, &v_w], 0)?,
+            Some(Tensor::cat(&[&q_b, &k_b, &v_b], 0)?),
+            f,
+        )?;
         let o_proj = log_linear_no_bias(num_heads * head_dim, hidden_sz, f, vb.pp("o_proj"))?;
         Ok(Self {
-            q_proj,
-            k_proj,
-            v_proj,
+            qkv_proj,
             o_proj,
             num_heads,
             num_kv_heads,
@@ -172,9 +199,14 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b_sz, q_len, _) = xs.dims3()?;
 
-        let query_states = self.q_proj.forward(xs)?;
-        let key_states = self.k_proj.forward(xs)?;
-        let value_states = self.v_proj.forward(xs)?;
+        let qkv = self.qkv_proj.forward(xs)?;
+        let (q_dim, kv_dim) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let query_states = qkv.narrow(D::Minus1, 0, q_dim)?;
+        let key_states = qkv.narrow(D::Minus1, q_dim, kv_dim)?;
+        let value_states = qkv.narrow(D::Minus1, q_dim + kv_dim, kv_dim)?;
 
         let query_states = query_states
             .reshape((b_sz, q_len, self.num_heads, self.head_dim))?
@@ -200,23 +232,38 @@ impl Attention {
         };
         self.kv_cache = Some((key_states.clone(), value_states.clone()));
 
-        let key_states =
-            candle_transformers::utils::repeat_kv(key_states, self.num_kv_groups)?.contiguous()?;
-        let value_states = candle_transformers::utils::repeat_kv(value_states, self.num_kv_groups)?
-            .contiguous()?;
-
+        // Stock repeats each KV head for its `num_kv_groups` query heads (`repeat_kv`); here
+        // the query heads of a group are stacked as rows against their one KV head instead
+        // (head h = kv·groups + g, repeat_kv's order), which gives the same products without
+        // copying, and splitting into logs, every cached key and value once per query head.
+        let kv_len = key_states.dim(2)?;
+        let grouped_rows = self.num_kv_groups * q_len;
         let attn_output = {
             let scale = 1f64 / f64::sqrt(self.head_dim as f64);
+            let query_states =
+                query_states.reshape((b_sz, self.num_kv_heads, grouped_rows, self.head_dim))?;
             // Q·Kᵀ in the log domain; the transposed operand is read through its strides.
-            let attn_weights = (log_matmul(&query_states, &key_states.transpose(2, 3)?)? * scale)?;
+            let attn_weights = log_matmul(&query_states, &key_states.transpose(2, 3)?)?
+                .reshape((b_sz, self.num_heads, q_len, kv_len))?;
+            let attn_weights = (attn_weights * scale)?;
 
             let attn_weights = match attention_mask {
                 None => attn_weights,
                 Some(mask) => attn_weights.broadcast_add(mask)?,
             };
-            let attn_weights = candle_nn::ops::softmax_last_dim(&attn_weights)?;
+            let attn_weights = candle_nn::ops::softmax_last_dim(&attn_weights)?.reshape((
+                b_sz,
+                self.num_kv_heads,
+                grouped_rows,
+                kv_len,
+            ))?;
             // softmax·V in the log domain; masked positions are exact zeros (ln 0 = -inf).
-            log_matmul(&attn_weights, &value_states)?
+            log_matmul(&attn_weights, &value_states)?.reshape((
+                b_sz,
+                self.num_heads,
+                q_len,
+                self.head_dim,
+            ))?
         };
         attn_output
             .transpose(1, 2)?
@@ -229,7 +276,7 @@ impl Attention {
     }
 
     fn log_weight_bytes(&self) -> usize {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+        [&self.qkv_proj, &self.o_proj]
             .iter()
             .map(|l| l.weight().size_in_bytes())
             .sum()
@@ -388,6 +435,17 @@ impl Model {
         seqlen_offset: usize,
         attn_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        on_pool(input_ids.device(), || {
+            self.forward_on_pool(input_ids, seqlen_offset, attn_mask)
+        })
+    }
+
+    fn forward_on_pool(
+        &mut self,
+        input_ids: &Tensor,
+        seqlen_offset: usize,
+        attn_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b_size, seq_len) = input_ids.dims2()?;
         check_positions(seq_len, seqlen_offset, self.max_position_embeddings)?;
         let attention_mask: Option<Tensor> = match attn_mask {
@@ -425,6 +483,22 @@ impl Model {
             .iter()
             .map(|l| l.self_attn.log_weight_bytes() + l.mlp.log_weight_bytes())
             .sum()
+    }
+}
+
+/// Runs `f` on a thread of rayon's global pool (on the calling thread if it is one already)
+/// when the model runs on the CPU; elsewhere on the calling thread.
+///
+/// A forward pass makes ~220 op calls per token whose CPU kernels fork onto that pool; called
+/// from outside it, each call hands its work to a sleeping worker and blocks until woken again.
+/// From a worker, the call starts its tasks in place and only the other workers are woken.
+/// Only scheduling changes: every result is the same. GPU work is queued by the calling thread,
+/// where the device's context already is, and gains nothing from the pool.
+fn on_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() {
+        rayon::scope(|_| f())
+    } else {
+        f()
     }
 }
 
@@ -508,11 +582,13 @@ impl ModelForCausalLM {
     /// sit at positions `seqlen_offset..seqlen_offset + seq_len` (the KV cache holds the earlier
     /// ones). As stock, only the last position goes through the head.
     pub fn forward(&mut self, input_ids: &Tensor, seqlen_offset: usize) -> Result<Tensor> {
-        let (_b_size, seq_len) = input_ids.dims2()?;
-        self.base_model
-            .forward(input_ids, seqlen_offset, None)?
-            .narrow(1, seq_len - 1, 1)?
-            .apply(&self.lm_head)
+        on_pool(input_ids.device(), || {
+            let (_b_size, seq_len) = input_ids.dims2()?;
+            self.base_model
+                .forward(input_ids, seqlen_offset, None)?
+                .narrow(1, seq_len - 1, 1)?
+                .apply(&self.lm_head)
+        })
     }
 
     /// Empties the KV cache; the next call starts at `seqlen_offset = 0`.
