@@ -1,6 +1,6 @@
 //! [`LogLinear`]: a drop-in replacement for `candle_nn::Linear`.
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 
 use crate::{LogWeight, WeightFormat};
@@ -67,6 +67,18 @@ impl LogLinear {
         Self::from_weights(linear.weight(), linear.bias().cloned(), format)
     }
 
+    /// The same layer on `device` (see [`LogWeight::to_device`]).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_device(device)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.to_device(device))
+                .transpose()?,
+        })
+    }
+
     /// The log-domain weight.
     pub fn weight(&self) -> &LogWeight {
         &self.weight
@@ -117,7 +129,10 @@ pub fn log_linear_b(
     format: WeightFormat,
     vb: VarBuilder,
 ) -> Result<LogLinear> {
-    let weight = LogWeight::from_tensor(&vb.get((out_dim, in_dim), "weight")?, format)?;
+    // Read and converted on the CPU, then moved: on a GPU the plain weight never is.
+    let cpu = vb.clone().set_device(Device::Cpu);
+    let weight = LogWeight::from_tensor(&cpu.get((out_dim, in_dim), "weight")?, format)?
+        .to_device(vb.device())?;
     let bias = if bias {
         Some(vb.get(out_dim, "bias")?)
     } else {

@@ -230,6 +230,19 @@ impl LogWeight {
         self.magnitudes.device()
     }
 
+    /// The same weight on `device` (both parts copied; a no-op on the same device).
+    ///
+    /// Converting on the CPU and moving the result is the cheap way to put a weight on a GPU:
+    /// reading the plain weight onto the GPU first would upload it in full precision only to
+    /// read it back for the conversion.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            magnitudes: self.magnitudes.to_device(device)?,
+            signs: self.signs.to_device(device)?,
+            format: self.format,
+        })
+    }
+
     /// Bytes the weight occupies (and a decode step reads): magnitudes plus sign words.
     pub fn size_in_bytes(&self) -> usize {
         self.magnitudes.elem_count() * self.format.magnitude_bytes() + self.signs.elem_count() * 4

@@ -103,13 +103,16 @@ impl MLP {
         let hidden_sz = cfg.hidden_size;
         let intermediate_sz = cfg.intermediate_size;
         let f = opts.weight_format;
-        let gate = vb
+        // Read, stacked and converted on the CPU, then moved (see `on_cpu`).
+        let cpu = on_cpu(&vb);
+        let gate = cpu
             .pp("gate_proj")
             .get((intermediate_sz, hidden_sz), "weight")?;
-        let up = vb
+        let up = cpu
             .pp("up_proj")
             .get((intermediate_sz, hidden_sz), "weight")?;
-        let gate_up_proj = LogLinear::from_weights(&Tensor::cat(&[&gate, &up], 0)?, None, f)?;
+        let gate_up_proj = LogLinear::from_weights(&Tensor::cat(&[&gate, &up], 0)?, None, f)?
+            .to_device(vb.device())?;
         let down_proj = log_linear_no_bias(intermediate_sz, hidden_sz, f, vb.pp("down_proj"))?;
         Ok(Self {
             gate_up_proj,
@@ -165,8 +168,10 @@ impl Attention {
         let num_kv_groups = num_heads / num_kv_heads;
         let head_dim = hidden_sz / num_heads;
         let f = opts.weight_format;
+        // Read, stacked and converted on the CPU, then moved (see `on_cpu`).
+        let cpu = on_cpu(&vb);
         let get = |name: &str, out: usize| -> Result<(Tensor, Tensor)> {
-            let vb = vb.pp(name);
+            let vb = cpu.pp(name);
             Ok((vb.get((out, hidden_sz), "weight")?, vb.get(out, "bias")?))
         };
         let (q_w, q_b) = get("q_proj", num_heads * head_dim)?;
@@ -176,7 +181,8 @@ impl Attention {
             &Tensor::cat(&[&q_w, &k_w, &v_w], 0)?,
             Some(Tensor::cat(&[&q_b, &k_b, &v_b], 0)?),
             f,
-        )?;
+        )?
+        .to_device(vb.device())?;
         let o_proj = log_linear_no_bias(num_heads * head_dim, hidden_sz, f, vb.pp("o_proj"))?;
         Ok(Self {
             qkv_proj,
@@ -484,6 +490,13 @@ impl Model {
             .map(|l| l.self_attn.log_weight_bytes() + l.mlp.log_weight_bytes())
             .sum()
     }
+}
+
+/// `vb` reading onto the CPU: the stacked layers are built there and moved to `vb`'s device as
+/// log-domain weights, so on a GPU the plain f32/bf16 weights are never uploaded (and read back
+/// for the conversion).
+fn on_cpu<'a>(vb: &VarBuilder<'a>) -> VarBuilder<'a> {
+    vb.clone().set_device(Device::Cpu)
 }
 
 /// Runs `f` on a thread of rayon's global pool (on the calling thread if it is one already)

@@ -408,3 +408,22 @@ fn f16_format_is_close_to_f32_format() {
         "f16 vs f32 format differ by {worst:e} (scale {scale:e})"
     );
 }
+
+#[test]
+fn to_device_on_the_same_device_keeps_the_layer() {
+    let w = randn(80, &[12, 70], 0.05, DType::F32);
+    let b = randn(81, &[12], 0.1, DType::F32);
+    let x = randn(82, &[3, 70], 1.0, DType::F32);
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        let layer = LogLinear::from_weights(&w, Some(b.clone()), format).unwrap();
+        let moved = layer.to_device(&Device::Cpu).unwrap();
+        assert_eq!(moved.weight().dims(), layer.weight().dims());
+        assert_eq!(moved.weight().format(), format);
+        assert_eq!(
+            moved.weight().signs().to_vec2::<u32>().unwrap(),
+            layer.weight().signs().to_vec2::<u32>().unwrap()
+        );
+        let (a, c) = (layer.forward(&x).unwrap(), moved.forward(&x).unwrap());
+        assert_eq!(to_f64_vec(&a), to_f64_vec(&c), "{format}");
+    }
+}

@@ -36,6 +36,7 @@ macro_rules! gpu_tests {
             linear_unaligned_and_long_rows,
             linear_dtypes_and_layouts,
             linear_signed_zeros_and_specials,
+            layers_moved_to_the_device_match_layers_built_there,
         ] $($backend)+);
     };
     (model, $($backend:tt)+) => {

@@ -408,3 +408,34 @@ pub fn linear_signed_zeros_and_specials(dev: &Device, label: &str) {
         }
     }
 }
+
+pub fn layers_moved_to_the_device_match_layers_built_there(dev: &Device, label: &str) {
+    // `LogLinear::to_device` (how log_linear_b and the model put converted weights on a GPU)
+    // against a layer converted on the device itself: the same parts, the same outputs.
+    let g = Gpu { dev, label };
+    let w = randn(70, &[48, 40], 0.05, DType::F32);
+    let b = randn(71, &[48], 0.1, DType::F32);
+    let x = randn(72, &[5, 40], 1.0, DType::F32);
+    for format in FORMATS {
+        let moved = LogLinear::from_weights(&w, Some(b.clone()), format)
+            .unwrap()
+            .to_device(dev)
+            .unwrap();
+        let built = LogLinear::from_weights(&g.on(&w), Some(g.on(&b)), format).unwrap();
+        assert!(moved.weight().device().same_device(dev), "{label}");
+        for (part, m, t) in [
+            (
+                "magnitudes",
+                moved.weight().magnitudes(),
+                built.weight().magnitudes(),
+            ),
+            ("signs", moved.weight().signs(), built.weight().signs()),
+        ] {
+            let (m, t) = (to_f64_vec(&g.cpu(m)), to_f64_vec(&g.cpu(t)));
+            assert_eq!(m, t, "{label} {format}: the {part} differ");
+        }
+        let ym = to_f64_vec(&g.cpu(&moved.forward(&g.on(&x)).unwrap()));
+        let yb = to_f64_vec(&g.cpu(&built.forward(&g.on(&x)).unwrap()));
+        assert_eq!(ym, yb, "{label} {format}");
+    }
+}
