@@ -52,7 +52,7 @@ if [[ ${#wanted[@]} -gt 0 ]]; then
   # One pip call per set: pip --target does not merge into an existing nvidia/ tree, so a
   # later call installs into a scratch prefix and its files are copied over.
   scratch="$(mktemp -d)"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$scratch" "${wanted[@]}"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$scratch" "${wanted[@]}"
   mkdir -p "$prefix"
   cp -a "$scratch/." "$prefix/"
   rm -rf "$scratch"
