@@ -65,11 +65,11 @@ for lib in "$root"/lib/lib*.so.*; do
   name="$(basename "$lib")"
   ln -sf "../lib/$name" "$root/lib64/${name%%.so.*}.so"
 done
-if [[ ! -e "$root/lib64/libcuda.so" ]]; then
+if [[ $compiler_only == 0 && ! -e "$root/lib64/libcuda.so" ]]; then
   stub_c="$(mktemp --suffix .c)"
   grep -oE '\bcu[A-Z][A-Za-z0-9_]*\b' "$root/include/cuda.h" | sort -u |
     sed 's/.*/void &(void) {}/' >"$stub_c"
-  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib64/libcuda.so" "$stub_c"
+  "${CC:-cc}" -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib64/libcuda.so" "$stub_c"
   rm -f "$stub_c"
 fi
 "$root/bin/nvcc" --version | tail -n 2
