@@ -424,6 +424,52 @@ fn log_abs(x: f64) -> f64 {
     }
 }
 
+/// Small and odd `(m, k, n)` product shapes: single elements, `k` of 1 and around the SIMD
+/// widths, ragged tiles. The CPU and GPU suites both run them.
+pub const SMALL_SHAPES: [(usize, usize, usize); 16] = [
+    (1, 1, 1),
+    (1, 3, 1),
+    (2, 7, 3),
+    (5, 31, 4),
+    (3, 33, 7),
+    (8, 63, 9),
+    (7, 65, 5),
+    (16, 127, 17),
+    (1, 128, 1),
+    (33, 1, 65),
+    (64, 64, 64),
+    (17, 256, 31),
+    (2, 1000, 3),
+    (129, 65, 130),
+    (1, 33, 257),
+    (40, 9, 1),
+];
+
+/// The reference of a linear layer, `x·wᵀ (+ bias)`, over the original (unconverted) weight `w`
+/// `(out, in)` with the budget of the weight format; shaped like the layer's output
+/// `(..., out)` for `x` `(..., in)` of any layout.
+pub fn reference_linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    format: emilio_op::WeightFormat,
+) -> Reference {
+    let budget = match format {
+        emilio_op::WeightFormat::F32 => Budget::linear_f32(x.dtype()),
+        emilio_op::WeightFormat::F16 => Budget::linear_f16(x.dtype()),
+    };
+    let in_dim = w.dim(1).expect("a (out, in) weight");
+    let rows = x.elem_count() / in_dim;
+    let x2 = x.reshape((rows, in_dim)).expect("x is (..., in)");
+    let mut r = reference_matmul(&x2, &w.t().expect("a 2-D weight"), budget);
+    if let Some(b) = bias {
+        r = r.with_bias(b);
+    }
+    let mut out_dims = x.dims().to_vec();
+    *out_dims.last_mut().expect("x has a last dim") = w.dim(0).expect("a (out, in) weight");
+    r.reshaped(&out_dims)
+}
+
 /// The `f64` reference of `a·b` (`a`: (..., m, k), `b`: (..., k, n), equal batch dims; any float
 /// dtypes and layouts) with the error model `budget`.
 pub fn reference_matmul(a: &Tensor, b: &Tensor, budget: Budget) -> Reference {

@@ -12,6 +12,7 @@
 mod gpu;
 #[path = "gpu/model.rs"]
 mod model;
+mod parity;
 
 gpu_tests!(
     model,

@@ -11,6 +11,7 @@
 mod gpu;
 #[path = "gpu/model.rs"]
 mod model;
+mod parity;
 
 gpu_tests!(
     model,

@@ -10,16 +10,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use emilio_op::{log_linear, log_linear_b, log_linear_no_bias, LogLinear, LogWeight, WeightFormat};
-use emilio_tests::{normal, randn, reference_matmul, rng, tensor_from_f32, to_f64_vec, Budget};
+use emilio_tests::{normal, randn, reference_linear, rng, tensor_from_f32, to_f64_vec};
 
 const FORMATS: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::F16];
-
-fn budget(format: WeightFormat, x_dtype: DType) -> Budget {
-    match format {
-        WeightFormat::F32 => Budget::linear_f32(x_dtype),
-        WeightFormat::F16 => Budget::linear_f16(x_dtype),
-    }
-}
 
 /// Check `ours = x·wᵀ (+ bias)` against the reference over the original `w` (and against stock
 /// `Linear` when given).
@@ -38,16 +31,7 @@ fn check_linear(
         w.dims(),
         x.dtype()
     );
-    let in_dim = w.dim(1).unwrap();
-    let rows = x.elem_count() / in_dim;
-    let x2 = x.reshape((rows, in_dim)).unwrap();
-    let mut r = reference_matmul(&x2, &w.t().unwrap(), budget(format, x.dtype()));
-    if let Some(b) = bias {
-        r = r.with_bias(b);
-    }
-    let mut out_dims = x.dims().to_vec();
-    *out_dims.last_mut().unwrap() = w.dim(0).unwrap();
-    let r = r.reshaped(&out_dims);
+    let r = reference_linear(x, w, bias, format);
     match stock {
         Some(s) => r.check_pair(&what, ours, s),
         None => r.check(&what, ours),

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use emilio_op::{broadcast_log_matmul, log_matmul};
-use emilio_tests::{broadcast_operands, randn, reference_matmul, to_f64_vec, Budget};
+use emilio_tests::{broadcast_operands, randn, reference_matmul, to_f64_vec, Budget, SMALL_SHAPES};
 
 const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
 
@@ -60,27 +60,8 @@ fn broadcast_case(what: &str, a: &Tensor, b: &Tensor, expected_dims: &[usize]) {
     };
 }
 
-const SMALL: [(usize, usize, usize); 16] = [
-    (1, 1, 1),
-    (1, 3, 1),
-    (2, 7, 3),
-    (5, 31, 4),
-    (3, 33, 7),
-    (8, 63, 9),
-    (7, 65, 5),
-    (16, 127, 17),
-    (1, 128, 1),
-    (33, 1, 65),
-    (64, 64, 64),
-    (17, 256, 31),
-    (2, 1000, 3),
-    (129, 65, 130),
-    (1, 33, 257),
-    (40, 9, 1),
-];
-
 fn small_shapes(dtype: DType, seed0: u64) {
-    for (i, &(m, k, n)) in SMALL.iter().enumerate() {
+    for (i, &(m, k, n)) in SMALL_SHAPES.iter().enumerate() {
         let s = seed0 + 2 * i as u64;
         let a = randn(s, &[m, k], 1.0, dtype);
         let b = randn(s + 1, &[k, n], 1.0, dtype);

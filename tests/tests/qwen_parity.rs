@@ -36,68 +36,17 @@
 //! `max|logit|`, below the 2e-3 measured error); each is printed. In the `f32` format there are
 //! none.
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device};
 use candle_transformers::models::qwen2::ModelForCausalLM as StockModel;
+use emilio_qwen::compare::argmax;
 use emilio_qwen::loading::Checkpoint;
-use emilio_qwen::synthetic::{tokenizer_size, write_checkpoint, Preset, SyntheticSpec};
+use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
 use emilio_qwen::{ModelForCausalLM, Options, WeightFormat};
 
-const TOL_FACTOR: f64 = 4.0;
-const EPS_F32: f64 = 24.0 / 16_777_216.0;
-const EPS_F16: f64 = 6.0 / 2048.0;
+mod parity;
+use parity::{ids, prompts, rows, tolerance};
+
 const DECODE_STEPS: usize = 40;
-
-fn tolerance(format: WeightFormat) -> f64 {
-    TOL_FACTOR
-        * match format {
-            WeightFormat::F32 => EPS_F32,
-            WeightFormat::F16 => EPS_F16,
-        }
-}
-
-/// Seeded prompt ids in the tokenizer's range (a small LCG: no dependency on rand's streams).
-fn prompts(seed: u64, batch: usize, len: usize) -> Vec<Vec<u32>> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let n = tokenizer_size() as u64;
-    (0..batch)
-        .map(|_| {
-            (0..len)
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((s >> 33) % n) as u32
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn ids_tensor(rows: &[Vec<u32>]) -> Tensor {
-    let (b, l) = (rows.len(), rows[0].len());
-    Tensor::from_vec(rows.concat(), (b, l), &Device::Cpu).unwrap()
-}
-
-/// `(batch, 1, vocab)` logits as one `Vec<f32>` per row.
-fn rows(logits: &Tensor) -> Vec<Vec<f32>> {
-    let (b, one, _v) = logits.dims3().unwrap();
-    assert_eq!(one, 1, "the head returns the last position only");
-    (0..b)
-        .map(|i| logits.i((i, 0)).unwrap().to_vec1::<f32>().unwrap())
-        .collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
 
 /// Running statistics of one comparison run.
 #[derive(Default, Debug)]
@@ -121,7 +70,7 @@ fn run(
     stock.clear_kv_cache();
     ours.clear_kv_cache();
     let tol = tolerance(format);
-    let mut input = ids_tensor(prompt);
+    let mut input = ids(prompt);
     let mut offset = 0;
     let mut all = Vec::new();
     for step in 0..=DECODE_STEPS {
@@ -144,7 +93,7 @@ fn run(
             );
             stats.worst_rel = stats.worst_rel.max(rel);
             stats.worst_ratio = stats.worst_ratio.max(rel / tol);
-            let (ts, to) = (argmax(s), argmax(o));
+            let (ts, to) = (argmax(s) as usize, argmax(o) as usize);
             if ts != to {
                 let gap = (s[ts] - s[to]) as f64;
                 assert!(
@@ -168,7 +117,7 @@ fn run(
         }
         stats.steps += 1;
         all.push(o);
-        input = ids_tensor(&next);
+        input = ids(&next);
     }
     all
 }
@@ -268,7 +217,7 @@ fn chunked_prefill_matches_one_shot() {
         .load(DType::F32, &Device::Cpu, &Options::new(WeightFormat::F32))
         .unwrap();
     let prompt = prompts(99, 2, 12);
-    let whole = ids_tensor(&prompt);
+    let whole = ids(&prompt);
     let one_shot_s = rows(&stock.forward(&whole, 0).unwrap());
     let one_shot_o = rows(&ours.forward(&whole, 0).unwrap());
     stock.clear_kv_cache();

@@ -6,81 +6,16 @@
 //! within that tolerance). Every suite function takes the device and its label ("metal",
 //! "cuda"); see `gpu/mod.rs` for how a backend runs them.
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device};
+use emilio_qwen::compare::{argmax, max_rel_err};
 use emilio_qwen::loading::Checkpoint;
-use emilio_qwen::synthetic::{tokenizer_size, write_checkpoint, Preset, SyntheticSpec};
+use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
 use emilio_qwen::{ModelForCausalLM, Options, WeightFormat};
 
 use crate::gpu::Gpu;
+use crate::parity::{ids, prompts, rows, tolerance};
 
-const TOL_FACTOR: f64 = 4.0;
-const EPS_F32: f64 = 24.0 / 16_777_216.0;
-const EPS_F16: f64 = 6.0 / 2048.0;
 const DECODE_STEPS: usize = 20;
-
-fn tolerance(format: WeightFormat) -> f64 {
-    TOL_FACTOR
-        * match format {
-            WeightFormat::F32 => EPS_F32,
-            WeightFormat::F16 => EPS_F16,
-        }
-}
-
-/// Seeded prompt ids in the tokenizer's range (the LCG of `qwen_parity.rs`).
-fn prompts(seed: u64, batch: usize, len: usize) -> Vec<Vec<u32>> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let n = tokenizer_size() as u64;
-    (0..batch)
-        .map(|_| {
-            (0..len)
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((s >> 33) % n) as u32
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// The `(batch, len)` ids tensor of `rows`, on the CPU.
-fn ids(rows: &[Vec<u32>]) -> Tensor {
-    let (b, l) = (rows.len(), rows[0].len());
-    Tensor::from_vec(rows.concat(), (b, l), &Device::Cpu).unwrap()
-}
-
-/// `(batch, 1, vocab)` CPU logits (any float dtype) as one `Vec<f32>` per row.
-fn rows(logits: &Tensor) -> Vec<Vec<f32>> {
-    let logits = logits.to_dtype(DType::F32).unwrap();
-    let (b, one, _v) = logits.dims3().unwrap();
-    assert_eq!(one, 1, "the head returns the last position only");
-    (0..b)
-        .map(|i| logits.i((i, 0)).unwrap().to_vec1::<f32>().unwrap())
-        .collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// `max |o − s| / max |s|`.
-fn rel_err(s: &[f32], o: &[f32]) -> f64 {
-    let scale = s.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    let err = s
-        .iter()
-        .zip(o)
-        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
-    err / scale
-}
 
 impl Gpu<'_> {
     /// Prefill `prompt` then decode (stock's greedy choice fed to every model), checking the
@@ -111,8 +46,8 @@ impl Gpu<'_> {
             let mut next = Vec::new();
             for (b, ((s, c), g)) in s.iter().zip(&c).zip(&g).enumerate() {
                 assert!(g.iter().all(|x| x.is_finite()), "{what}: non-finite logits");
-                let vs_stock = rel_err(s, g);
-                let vs_cpu = rel_err(c, g);
+                let vs_stock = max_rel_err(s, g);
+                let vs_cpu = max_rel_err(c, g);
                 assert!(
                     vs_stock <= tol,
                     "{what}, step {step}, row {b}: {label} vs stock CPU: {vs_stock:e} of \
@@ -125,7 +60,7 @@ impl Gpu<'_> {
                 );
                 worst_stock = worst_stock.max(vs_stock);
                 worst_cpu = worst_cpu.max(vs_cpu);
-                let (ts, tg) = (argmax(s), argmax(g));
+                let (ts, tg) = (argmax(s) as usize, argmax(g) as usize);
                 if ts != tg {
                     let scale = s.iter().fold(0f64, |a, &x| a.max((x as f64).abs()));
                     let gap = (s[ts] - s[tg]) as f64;
@@ -209,7 +144,7 @@ pub fn half_precision_activations_run_on_device(dev: &Device, label: &str) {
             got[0].iter().all(|x| x.is_finite()),
             "{label} {dtype:?}: non-finite logits"
         );
-        let err = rel_err(&want[0], &got[0]);
+        let err = max_rel_err(&want[0], &got[0]);
         // Half-precision activations round every intermediate to 11 (f16) or 8 (bf16) bits.
         let tol = if dtype == DType::F16 { 0.05 } else { 0.2 };
         assert!(

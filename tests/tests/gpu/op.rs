@@ -11,7 +11,8 @@
 use candle_core::{DType, Device, Module, Tensor};
 use emilio_op::{broadcast_log_matmul, log_matmul, LogLinear, LogWeight, WeightFormat};
 use emilio_tests::{
-    broadcast_operands, expect_err, randn, reference_matmul, tensor_from_f64, to_f64_vec, Budget,
+    broadcast_operands, expect_err, randn, reference_linear, reference_matmul, tensor_from_f64,
+    to_f64_vec, Budget, SMALL_SHAPES,
 };
 
 use crate::gpu::Gpu;
@@ -69,41 +70,17 @@ impl Gpu<'_> {
             .forward(&self.on(x))
             .unwrap_or_else(|e| panic!("{what}: forward failed: {e}"));
         let y = self.cpu(&y);
-        let in_dim = w.dim(1).unwrap();
-        let rows = x.elem_count() / in_dim;
-        let x2 = x.reshape((rows, in_dim)).unwrap();
-        let mut r = reference_matmul(&x2, &w.t().unwrap(), budget(format, x.dtype()));
-        if let Some(b) = b {
-            r = r.with_bias(b);
-        }
-        let mut out_dims = x.dims().to_vec();
-        *out_dims.last_mut().unwrap() = w.dim(0).unwrap();
-        r.reshaped(&out_dims).check(&what, &y);
+        reference_linear(x, w, b, format).check(&what, &y);
     }
 }
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const FORMATS: [WeightFormat; 2] = [WeightFormat::F32, WeightFormat::F16];
 
-const SMALL: [(usize, usize, usize); 12] = [
-    (1, 1, 1),
-    (1, 3, 1),
-    (2, 7, 3),
-    (5, 31, 4),
-    (3, 33, 7),
-    (7, 65, 5),
-    (33, 1, 65),
-    (64, 64, 64),
-    (17, 256, 31),
-    (2, 1000, 3),
-    (129, 65, 130),
-    (1, 33, 257),
-];
-
 pub fn small_and_odd_shapes(dev: &Device, label: &str) {
     let g = Gpu { dev, label };
     for (d, &dtype) in DTYPES.iter().enumerate() {
-        for (i, &(m, k, n)) in SMALL.iter().enumerate() {
+        for (i, &(m, k, n)) in SMALL_SHAPES.iter().enumerate() {
             let s = 1000 * (d as u64 + 1) + 2 * i as u64;
             let a = randn(s, &[m, k], 1.0, dtype);
             let b = randn(s + 1, &[k, n], 1.0, dtype);
@@ -293,13 +270,6 @@ pub fn mixed_devices_are_clear_errors(dev: &Device, label: &str) {
 // ---------------------------------------------------------------------------------------------
 // LogLinear
 // ---------------------------------------------------------------------------------------------
-
-fn budget(format: WeightFormat, x_dtype: DType) -> Budget {
-    match format {
-        WeightFormat::F32 => Budget::linear_f32(x_dtype),
-        WeightFormat::F16 => Budget::linear_f16(x_dtype),
-    }
-}
 
 pub fn linear_decode_and_prefill(dev: &Device, label: &str) {
     let g = Gpu { dev, label };
