@@ -312,7 +312,7 @@ fn emulated_matmul(em: &Emulator, a: &Tensor, b: &Tensor) -> Tensor {
     let dims = (a.dims()[r - 2], a.dims()[r - 1], b.dims()[r - 1]);
     let (ab, la) = operand(a);
     let (bb, lb) = operand(b);
-    let plan = crate::plan::log_matmul(em.gpu, a.dtype(), &la, &lb, dims).unwrap();
+    let plan = crate::plan::log_matmul(em.gpu, a.dtype(), b.dtype(), &la, &lb, dims).unwrap();
     output_tensor(&plan, &em.run(&plan, &[ab, bb]).output)
 }
 
@@ -1010,6 +1010,7 @@ mod plan_tests {
             plan::log_matmul(
                 gpu,
                 dtype,
+                dtype,
                 &contiguous(&[2, 3]),
                 &contiguous(&[3, 4]),
                 (2, 3, 4),
@@ -1024,6 +1025,14 @@ mod plan_tests {
         );
         let err = matmul_err(DType::U32);
         assert!(err.contains("U32"), "{err}");
+        let (a, b) = (contiguous(&[2, 3]), contiguous(&[3, 4]));
+        let err = plan::log_matmul(gpu, DType::F32, DType::F16, &a, &b, (2, 3, 4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("F32") && err.contains("F16") && err.contains(backend_name(gpu)),
+            "{err}"
+        );
         let err = plan::log_linear(
             gpu,
             DType::F64,
@@ -1082,8 +1091,15 @@ mod plan_tests {
         }
         // A broadcast right operand is split once: its split covers one batch.
         let b = contiguous(&[20, 5]).broadcast_as((3, 20, 5)).unwrap();
-        let p =
-            plan::log_matmul(gpu, DType::F32, &contiguous(&[3, 7, 20]), &b, (7, 20, 5)).unwrap();
+        let p = plan::log_matmul(
+            gpu,
+            DType::F32,
+            DType::F32,
+            &contiguous(&[3, 7, 20]),
+            &b,
+            (7, 20, 5),
+        )
+        .unwrap();
         assert_eq!(p.temps, vec![8 * 3 * 7 * 20, 8 * 20 * 5]);
         assert_eq!(p.dispatches[1].kernel, "emilio_ln_split_strided_f32");
         assert_eq!(p.dispatches[2].args[3], plan::Arg::U32(0));

@@ -83,7 +83,13 @@ impl CustomOp3 for LogLinearOp {
     ) -> Result<(CudaStorage, Shape)> {
         #[cfg(feature = "cuda")]
         {
-            crate::cuda::log_linear(x, lx, mags, lm, signs, ls)
+            let gpu = crate::plan::Gpu::Cuda;
+            let (xd, md, sd) = (x.dtype(), mags.dtype(), signs.dtype());
+            let plan = crate::plan::log_linear(gpu, xd, lx, md, lm, sd, ls)?;
+            Ok((
+                crate::cuda::run(&plan, &[x, mags, signs])?,
+                plan.output_shape,
+            ))
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -106,7 +112,13 @@ impl CustomOp3 for LogLinearOp {
             any(target_vendor = "apple", emilio_metal_typecheck)
         ))]
         {
-            crate::metal::log_linear(x, lx, mags, lm, signs, ls)
+            let gpu = crate::plan::Gpu::Metal;
+            let (xd, md, sd) = (x.dtype(), mags.dtype(), signs.dtype());
+            let plan = crate::plan::log_linear(gpu, xd, lx, md, lm, sd, ls)?;
+            Ok((
+                crate::metal::run(&plan, &[x, mags, signs])?,
+                plan.output_shape,
+            ))
         }
         #[cfg(not(all(
             feature = "metal",

@@ -54,7 +54,9 @@ impl CustomOp2 for LogMatMul {
         #[cfg(feature = "cuda")]
         {
             let dims = matmul_dims(l1.dims(), l2.dims())?;
-            crate::cuda::log_matmul(s1, l1, s2, l2, dims)
+            let (gpu, d1, d2) = (crate::plan::Gpu::Cuda, s1.dtype(), s2.dtype());
+            let plan = crate::plan::log_matmul(gpu, d1, d2, l1, l2, dims)?;
+            Ok((crate::cuda::run(&plan, &[s1, s2])?, plan.output_shape))
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -76,7 +78,9 @@ impl CustomOp2 for LogMatMul {
         ))]
         {
             let dims = matmul_dims(l1.dims(), l2.dims())?;
-            crate::metal::log_matmul(s1, l1, s2, l2, dims)
+            let (gpu, d1, d2) = (crate::plan::Gpu::Metal, s1.dtype(), s2.dtype());
+            let plan = crate::plan::log_matmul(gpu, d1, d2, l1, l2, dims)?;
+            Ok((crate::metal::run(&plan, &[s1, s2])?, plan.output_shape))
         }
         #[cfg(not(all(
             feature = "metal",

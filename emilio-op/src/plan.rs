@@ -281,10 +281,18 @@ impl Plan {
 pub(crate) fn log_matmul(
     gpu: Gpu,
     dtype: DType,
+    b_dtype: DType,
     la: &Layout,
     lb: &Layout,
     (m, k, n): (usize, usize, usize),
 ) -> Result<Plan> {
+    if dtype != b_dtype {
+        bail!(
+            "log_matmul supports two operands of the same float dtype (f32, f16, bf16 on {}), \
+             got {dtype:?} and {b_dtype:?}",
+            gpu.name()
+        );
+    }
     let suffix = act_suffix(gpu, "log_matmul", dtype)?;
     let rank = la.dims().len();
     let batch_dims = &la.dims()[..rank - 2];
