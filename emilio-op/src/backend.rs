@@ -2,32 +2,18 @@
 
 use candle_core::{Device, Error};
 
-const BUILT_WITH_METAL: bool = cfg!(feature = "metal");
-const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
-
-/// The error for running `op` on a GPU backend whose kernels this build lacks.
+/// The error for running `op` on a GPU backend this build has no kernels for: emilio-op was
+/// built without the backend's feature (the only way to hold a CUDA or Metal tensor and reach
+/// it, since both paths implement every op).
 ///
 /// Candle's own default ("no cuda implementation for …") does not tell the user what to do;
 /// this one names the feature to build with, or the CPU as the way out.
 pub(crate) fn unsupported(op: &str, device: &str) -> Error {
     let feature = device.to_ascii_lowercase();
-    let built = if feature == "metal" {
-        BUILT_WITH_METAL
-    } else {
-        BUILT_WITH_CUDA
-    };
-    let msg = if built {
-        format!(
-            "emilio-op has no {device} kernel for {op} yet; run on the CPU (--device cpu) \
-             until the {device} kernels land"
-        )
-    } else {
-        format!(
-            "emilio-op was built without its `{feature}` feature, so {op} cannot run on a \
-             {device} device; rebuild with `--features {feature}` or run on the CPU (--device cpu)"
-        )
-    };
-    Error::Msg(msg)
+    Error::Msg(format!(
+        "emilio-op was built without its `{feature}` feature, so {op} cannot run on a {device} \
+         device; rebuild with `--features {feature}` or run on the CPU (--device cpu)"
+    ))
 }
 
 /// A short name for the device in messages.
