@@ -218,8 +218,8 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let report = AbReport {
         model: files.label.clone(),
         weight_format: format.to_string(),
-        dtype: format!("{dtype:?}").to_lowercase(),
-        device: format!("{:?}", args.model.device).to_lowercase(),
+        dtype: dtype.as_str().to_string(),
+        device: device::label(&device).to_string(),
         prompt_tokens: prompt.len(),
         summary,
         per_position,

@@ -335,7 +335,7 @@ fn model(args: &BenchModelArgs) -> Result<()> {
     let report = ModelReport {
         model: files.label.clone(),
         weight_format: format.to_string(),
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: dtype.as_str().to_string(),
         device: device::label(&dev),
         isa: emilio_op::cpu_isa(),
         prompt_tokens: args.prompt_tokens,
