@@ -1,5 +1,5 @@
 //! The error budget of one `log_matmul`/`LogLinear` call, and the floating-point constants it
-//! is written in: what every checker in [`crate::reference`] holds a result to.
+//! is written in: what every checker in [`crate::reference`](mod@crate::reference) holds a result to.
 //!
 //! # Error budget
 //!

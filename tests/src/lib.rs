@@ -4,7 +4,7 @@
 //!   [`tensor_from_f64`]), exact read-back of values and bits, and [`SMALL_SHAPES`].
 //! - [`budget`]: the op's error budget ([`Budget`]) and the floating-point constants it is
 //!   written in; its module doc derives the bound.
-//! - [`reference`]: the `f64` reference of a matmul or linear layer ([`reference_matmul`],
+//! - [`reference`](mod@reference): the `f64` reference of a matmul or linear layer ([`reference_matmul`],
 //!   [`reference_linear`], [`Reference`]) and the checkers that hold a result to the budget and
 //!   report the worst error/bound ratio, or panic with the first failing index and its values:
 //!   [`Reference::check`], [`Reference::check_stock`], [`Reference::check_pair`].
