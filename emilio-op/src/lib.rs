@@ -83,7 +83,6 @@ mod emulate;
 // The CUDA path: kernels/emilio.cu as PTX, launched through Candle's CUDA device.
 #[cfg(feature = "cuda")]
 mod cuda;
-mod float;
 mod linear;
 mod linear_op;
 pub mod machine;
@@ -106,6 +105,5 @@ pub fn cpu_isa() -> &'static str {
 }
 
 pub use linear::{log_linear, log_linear_b, log_linear_no_bias, LogLinear};
-pub use linear_op::LogLinearOp;
-pub use matmul::{broadcast_log_matmul, log_matmul, LogMatMul};
+pub use matmul::{broadcast_log_matmul, log_matmul};
 pub use weight::{LogWeight, WeightFormat};

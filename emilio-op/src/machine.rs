@@ -23,7 +23,7 @@ pub fn exp_ceiling(duration: Duration) -> f64 {
             let (mut count, mut sink) = (0u64, 0f32);
             while start.elapsed() < duration {
                 for _ in 0..64 {
-                    sink += crate::cpu::dot::log_dot(&la, &sa, &lb, &sb);
+                    sink += <f32 as crate::cpu::dot::LogDot>::log_dot(&la, &sa, &lb, &sb);
                 }
                 count += 64 * K as u64;
             }

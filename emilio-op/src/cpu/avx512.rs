@@ -72,7 +72,7 @@ fn reduce(a: __m512, b: __m512) -> f32 {
     let mut lanes = [0f32; 16];
     // SAFETY: stores 16 lanes into a 16-float array.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(a, b)) };
-    super::dot::pairwise_sum(&mut lanes)
+    super::reduce::pairwise_sum(&mut lanes)
 }
 
 /// 16 floats from the start of `s`, which must hold at least 16.
@@ -93,7 +93,7 @@ fn load16_epi32(s: &[u32]) -> __m512i {
     unsafe { _mm512_loadu_epi32(s.as_ptr() as *const i32) }
 }
 
-/// [`super::dot::log_dot`] on activations: logs and per-element sign masks on both sides.
+/// [`super::dot::LogDot::log_dot`] for `f32` on activations: logs and per-element sign masks on both sides.
 #[target_feature(enable = "avx512f")]
 pub(super) fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
     let k = la.len();
@@ -241,9 +241,8 @@ pub(super) fn log_dot_packed<M: Magnitude16>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::dot::log_dot_lanes;
     use crate::cpu::exp::exp_f32;
-    use crate::cpu::gemv::log_dot_packed_lanes;
+    use crate::cpu::portable::{log_dot_lanes, log_dot_packed_lanes};
     use crate::packing::pack_sign_row;
     use rand::{Rng, SeedableRng};
 

@@ -1,65 +1,57 @@
-//! The inner kernel: one log-domain dot product over a pair of contiguous `k`-runs.
-//!
-//! The body is plain per-lane arithmetic over a fixed number of accumulators; compiled inside a
-//! `#[target_feature]` function the compiler turns the lanes into SIMD registers. The widest
-//! instruction set the CPU has is picked at run time (AVX-512, AVX2+FMA, NEON, else SSE2).
+//! Dispatch of the dot kernels: for each accumulation type and this CPU, the widest kernel it
+//! runs ([`Isa`]: AVX-512, AVX2+FMA, NEON, else the baseline), behind one trait the drivers
+//! ([`super::gemm`], [`super::weight_columns`]) are generic over.
 
+use super::float::LogFloat;
+use super::gemv::log_dot_packed;
 use super::isa::Isa;
-use crate::float::LogFloat;
+use super::magnitude::Magnitudes;
+use super::portable::{log_dot_lanes, log_dot_weight_row_scalar};
 
-/// `Σ_k s_a[k]·s_b[k]·exp(la[k] + lb[k])`, accumulated in `T`.
-///
-/// Every slice has the same length. Each accumulator starts at `-0.0`, the IEEE additive
-/// identity, so with a single term the result is that product bit for bit (signed zeros kept).
-#[inline]
-pub(crate) fn log_dot<T: LogFloat>(la: &[T], sa: &[T::Mask], lb: &[T], sb: &[T::Mask]) -> T {
-    debug_assert!(sa.len() == la.len() && lb.len() == la.len() && sb.len() == la.len());
-    T::log_dot(la, sa, lb, sb)
+/// An accumulation type with its dot kernels.
+pub(crate) trait LogDot: LogFloat {
+    /// `Σ_k s_a[k]·s_b[k]·exp(la[k] + lb[k])`, accumulated in `Self`, with the widest kernel
+    /// the CPU runs.
+    ///
+    /// Every slice has the same length. Each accumulator starts at `-0.0`, the IEEE additive
+    /// identity, so with a single term the result is that product bit for bit (signed zeros
+    /// kept).
+    fn log_dot(la: &[Self], sa: &[Self::Mask], lb: &[Self], sb: &[Self::Mask]) -> Self;
+
+    /// One activation row against one stored weight row (magnitudes + packed signs): the
+    /// decode kernel, reading the weight in its stored form.
+    fn log_dot_weight_row(
+        la: &[Self],
+        sa: &[Self::Mask],
+        mags: Magnitudes<'_>,
+        signs: &[u32],
+    ) -> Self;
 }
 
-/// The portable body: `LANES` independent accumulators break the add dependency chain so
-/// consecutive `exp`s overlap, and give the vectoriser a fixed-width loop.
-#[inline(always)]
-pub(crate) fn log_dot_lanes<T: LogFloat, const LANES: usize, const FMA: bool>(
-    la: &[T],
-    sa: &[T::Mask],
-    lb: &[T],
-    sb: &[T::Mask],
-) -> T {
-    let k = la.len();
-    let mut acc = [T::NEG_ZERO; LANES];
-    let body = k - k % LANES;
-    let chunks = la[..body]
-        .chunks_exact(LANES)
-        .zip(sa[..body].chunks_exact(LANES))
-        .zip(lb[..body].chunks_exact(LANES))
-        .zip(sb[..body].chunks_exact(LANES));
-    for (((la, sa), lb), sb) in chunks {
-        for l in 0..LANES {
-            acc[l] = acc[l] + T::signed_exp::<FMA>(la[l] + lb[l], sa[l] ^ sb[l]);
+impl LogDot for f32 {
+    fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
+        debug_assert!(sa.len() == la.len() && lb.len() == la.len() && sb.len() == la.len());
+        log_dot_f32(la, sa, lb, sb)
+    }
+
+    fn log_dot_weight_row(la: &[f32], sa: &[u32], mags: Magnitudes<'_>, signs: &[u32]) -> f32 {
+        match mags {
+            Magnitudes::F32(m) => log_dot_packed(la, sa, m, signs),
+            Magnitudes::F16(m) => log_dot_packed(la, sa, m, signs),
         }
     }
-    for i in body..k {
-        let l = i - body;
-        acc[l] = acc[l] + T::signed_exp::<FMA>(la[i] + lb[i], sa[i] ^ sb[i]);
-    }
-    pairwise_sum(&mut acc)
 }
 
-/// Sums accumulator lanes in the one order every kernel uses (lane `l` takes lane `l + width`,
-/// halving the width), so the portable and intrinsics kernels agree bit for bit. `acc.len()` is
-/// a power of two; the lanes are overwritten.
-#[inline(always)]
-pub(crate) fn pairwise_sum<T: Copy + std::ops::Add<Output = T>>(acc: &mut [T]) -> T {
-    debug_assert!(acc.len().is_power_of_two());
-    let mut width = acc.len();
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            acc[l] = acc[l] + acc[l + width];
-        }
+/// `f64` is the high-precision reference path: portable kernels only.
+impl LogDot for f64 {
+    fn log_dot(la: &[f64], sa: &[u64], lb: &[f64], sb: &[u64]) -> f64 {
+        debug_assert!(sa.len() == la.len() && lb.len() == la.len() && sb.len() == la.len());
+        log_dot_lanes::<f64, 8, false>(la, sa, lb, sb)
     }
-    acc[0]
+
+    fn log_dot_weight_row(la: &[f64], sa: &[u64], mags: Magnitudes<'_>, signs: &[u32]) -> f64 {
+        log_dot_weight_row_scalar(la, sa, mags, signs)
+    }
 }
 
 /// The `f32` kernel for this CPU.

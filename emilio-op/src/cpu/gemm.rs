@@ -1,15 +1,14 @@
 //! The parallel driver: tiles of output columns spread over rayon's pool.
 //!
-//! Work is split over output columns (DESIGN §3): for a linear layer a column is one weight row,
-//! so each weight byte is read by exactly one task, once per call, whatever the number of
-//! activation rows. Each task writes a contiguous block of the column-major result `Cᵀ`, which
+//! Work is split over output columns (`docs/architecture.md`, "Kernel families"): for a linear
+//! layer a column is one weight row, so each weight byte is read by exactly one task, once per
+//! call, whatever the number of activation rows. Each task writes a contiguous block of the column-major result `Cᵀ`, which
 //! is transposed into `C` at the end (free when there is one row, as in decode).
 
 use rayon::prelude::*;
 
-use super::dot::log_dot;
+use super::dot::LogDot;
 use super::split::SplitOperand;
-use crate::float::LogFloat;
 
 /// Widest column tile: a wider one only costs load balance.
 const MAX_TILE: usize = 64;
@@ -23,7 +22,7 @@ const DIRECT_MAX_ROWS: usize = 4;
 
 /// The right-hand operand as the kernels read it: columns as contiguous `k`-runs of logs and
 /// sign masks, possibly produced on the fly (f16 weights widened, packed sign bits unpacked).
-pub(crate) trait Columns<T: LogFloat>: Sync {
+pub(crate) trait Columns<T: LogDot>: Sync {
     /// Per-task buffers for columns that must be materialised.
     type Scratch: Default + Send;
 
@@ -42,7 +41,7 @@ pub(crate) trait Columns<T: LogFloat>: Sync {
 }
 
 /// Split activations as columns: `[batch][n][k]`, or one shared batch when broadcast.
-pub(crate) struct SplitColumns<T: LogFloat> {
+pub(crate) struct SplitColumns<T: LogDot> {
     pub split: SplitOperand<T>,
     pub n: usize,
     pub k: usize,
@@ -50,7 +49,7 @@ pub(crate) struct SplitColumns<T: LogFloat> {
     pub shared: bool,
 }
 
-impl<T: LogFloat> Columns<T> for SplitColumns<T> {
+impl<T: LogDot> Columns<T> for SplitColumns<T> {
     type Scratch = ();
 
     fn tile<'a>(
@@ -68,13 +67,13 @@ impl<T: LogFloat> Columns<T> for SplitColumns<T> {
     fn dot_direct(&self, b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T {
         let mut no_scratch = ();
         let (lb, sb) = self.tile(b, j, j + 1, &mut no_scratch);
-        log_dot(la, sa, lb, sb)
+        T::log_dot(la, sa, lb, sb)
     }
 }
 
 /// `C[b] = A[b] ⊗ B[b]` for `batch` products of `(m × k)` by `(k × n)`, with `a` split row-major
 /// and `cols` giving B's columns. Returns `C` row-major, `[batch][m][n]`.
-pub(crate) fn log_gemm<T: LogFloat, C: Columns<T>>(
+pub(crate) fn log_gemm<T: LogDot, C: Columns<T>>(
     batch: usize,
     (m, n, k): (usize, usize, usize),
     a: &SplitOperand<T>,
@@ -115,7 +114,7 @@ pub(crate) fn log_gemm<T: LogFloat, C: Columns<T>>(
                         for i in i0..i1 {
                             let la = &a_logs[i * k..(i + 1) * k];
                             let sa = &a_masks[i * k..(i + 1) * k];
-                            ct_tile[j * m + i] = log_dot(la, sa, lb, sb);
+                            ct_tile[j * m + i] = T::log_dot(la, sa, lb, sb);
                         }
                     }
                 }

@@ -3,14 +3,15 @@
 use candle_core::WithDType;
 use half::{bf16, f16};
 
+use super::dot::LogDot;
+use super::float::LogFloat;
 use super::ln::split_row_f32;
-use crate::float::LogFloat;
 
 /// A float dtype the op reads and writes: its logs and sums are carried in [`Input::Acc`]
 /// (`f32` for `f32`/`f16`/`bf16`, `f64` for `f64`), and the result is rounded back to `Self`
 /// once, at the end, as stock matmul does.
 pub(crate) trait Input: WithDType {
-    type Acc: LogFloat;
+    type Acc: LogDot;
     fn from_acc(v: Self::Acc) -> Self;
 
     /// `(ln|x|, sign mask)` of a contiguous run. `f32`-accumulating dtypes use the vectorised

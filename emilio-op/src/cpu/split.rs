@@ -7,8 +7,8 @@
 use candle_core::Layout;
 use rayon::prelude::*;
 
+use super::float::LogFloat;
 use super::input::Input;
-use crate::float::LogFloat;
 
 /// Below this many elements the split runs on the calling thread: spawning costs more.
 const PARALLEL_SPLIT_MIN: usize = 1 << 15;

@@ -1,4 +1,5 @@
-//! The two accumulation types of the op (`f32`, `f64`) behind one small trait.
+//! The two accumulation types of the op (`f32`, `f64`) behind one small trait: the bottom
+//! layer of the CPU path, numbers only (the kernels that sum them are [`super::dot`]'s).
 //!
 //! A signed product is carried as a log magnitude `l = ln|x|` plus a sign *mask*: an integer of
 //! the float's width holding only the sign bit. The product of two such numbers is
@@ -7,8 +8,6 @@
 //! (`-0.0 · 3 = -0.0`), without a multiply.
 
 use std::ops::{Add, BitXor};
-
-use crate::cpu::weight_columns::RowMagnitudes;
 
 /// A float type the op accumulates in: `f32` (for f32, f16 and bf16 inputs) or `f64`.
 pub(crate) trait LogFloat:
@@ -25,20 +24,8 @@ pub(crate) trait LogFloat:
     fn ln_split(self) -> (Self, Self::Mask);
 
     /// `s · exp(l)` where `s` is the sign carried by `mask`. `FMA` may only be `true` in code
-    /// compiled with fused multiply-add available (see [`crate::cpu::dot`]).
+    /// compiled with fused multiply-add available (see [`super::isa`]).
     fn signed_exp<const FMA: bool>(l: Self, mask: Self::Mask) -> Self;
-
-    /// [`crate::cpu::dot::log_dot`] for this type: the widest kernel the CPU runs.
-    fn log_dot(la: &[Self], sa: &[Self::Mask], lb: &[Self], sb: &[Self::Mask]) -> Self;
-
-    /// One activation row against one stored weight row (magnitudes + packed signs): the
-    /// decode kernel, reading the weight in its stored form.
-    fn log_dot_weight_row(
-        la: &[Self],
-        sa: &[Self::Mask],
-        mags: RowMagnitudes<'_>,
-        signs: &[u32],
-    ) -> Self;
 
     /// Widens one stored `f32` magnitude.
     fn from_f32(v: f32) -> Self;
@@ -64,18 +51,7 @@ impl LogFloat for f32 {
 
     #[inline(always)]
     fn signed_exp<const FMA: bool>(l: Self, mask: u32) -> Self {
-        f32::from_bits(crate::cpu::exp::exp_f32::<FMA>(l).to_bits() ^ mask)
-    }
-
-    fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
-        crate::cpu::dot::log_dot_f32(la, sa, lb, sb)
-    }
-
-    fn log_dot_weight_row(la: &[f32], sa: &[u32], mags: RowMagnitudes<'_>, signs: &[u32]) -> f32 {
-        match mags {
-            RowMagnitudes::F32(m) => crate::cpu::gemv::log_dot_packed(la, sa, m, signs),
-            RowMagnitudes::F16(m) => crate::cpu::gemv::log_dot_packed(la, sa, m, signs),
-        }
+        f32::from_bits(super::exp::exp_f32::<FMA>(l).to_bits() ^ mask)
     }
 
     #[inline(always)]
@@ -111,14 +87,6 @@ impl LogFloat for f64 {
     #[inline(always)]
     fn signed_exp<const FMA: bool>(l: Self, mask: u64) -> Self {
         f64::from_bits(l.exp().to_bits() ^ mask)
-    }
-
-    fn log_dot(la: &[f64], sa: &[u64], lb: &[f64], sb: &[u64]) -> f64 {
-        crate::cpu::dot::log_dot_lanes::<f64, 8, false>(la, sa, lb, sb)
-    }
-
-    fn log_dot_weight_row(la: &[f64], sa: &[u64], mags: RowMagnitudes<'_>, signs: &[u32]) -> f64 {
-        crate::cpu::weight_columns::log_dot_weight_row_scalar(la, sa, mags, signs)
     }
 
     #[inline(always)]

@@ -1,0 +1,72 @@
+//! Stored log magnitudes of a weight (`f32` or `f16`) and their widening to `f32`.
+//!
+//! A [`LogWeight`](crate::LogWeight) keeps `ln|w|` in its [`WeightFormat`](crate::WeightFormat);
+//! the kernels read it in that form and widen in registers.
+
+use half::f16;
+
+/// Stored magnitudes, borrowed from the weight's CPU storage (a whole weight, or one row).
+#[derive(Clone, Copy)]
+pub(crate) enum Magnitudes<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> Magnitudes<'a> {
+    pub(crate) fn range(self, r: std::ops::Range<usize>) -> Magnitudes<'a> {
+        match self {
+            Self::F32(m) => Self::F32(&m[r]),
+            Self::F16(m) => Self::F16(&m[r]),
+        }
+    }
+}
+
+/// A stored log magnitude the kernel widens to `f32` in registers.
+pub(crate) trait Magnitude: Copy + Send + Sync + 'static {
+    fn widen(self) -> f32;
+}
+
+impl Magnitude for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Magnitude for f16 {
+    /// Exact for every f16 (normal, subnormal, ±inf, NaN) and branch-free, so it vectorises
+    /// (`half`'s own conversion is a call per element unless used on whole slices).
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        let h = self.to_bits() as u32;
+        let sign = (h & 0x8000) << 16;
+        let magnitude = h & 0x7fff;
+        // Exponent and mantissa moved into f32 position, then rebiased by 2^(127-15); the
+        // multiply by a power of two is exact, and also normalises f16 subnormals.
+        let scaled = f32::from_bits(magnitude << 13) * f32::from_bits((127 + 112) << 23);
+        let value = if magnitude >= 0x7c00 {
+            f32::from_bits((magnitude << 13) | 0x7f80_0000) // inf and NaN
+        } else {
+            scaled
+        };
+        f32::from_bits(value.to_bits() | sign)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_widening_is_exact_for_every_f16() {
+        for bits in 0..=u16::MAX {
+            let h = f16::from_bits(bits);
+            let (got, want) = (h.widen(), h.to_f32());
+            if want.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The portable kernels: plain per-lane arithmetic over a fixed number of accumulators, for any
+//! CPU. Compiled inside a `#[target_feature]` function (see [`super::dot`], [`super::gemv`]) the
+//! compiler turns the lanes into SIMD registers; they are also the reference the intrinsics
+//! kernels ([`super::avx512`]) are held to, bit for bit.
+
+use super::exp::exp_f32;
+use super::float::LogFloat;
+use super::magnitude::{Magnitude, Magnitudes};
+use super::reduce::pairwise_sum;
+use crate::packing::{sign_bit, SIGN_BITS_PER_WORD};
+
+const W: usize = SIGN_BITS_PER_WORD;
+
+/// The portable body: `LANES` independent accumulators break the add dependency chain so
+/// consecutive `exp`s overlap, and give the vectoriser a fixed-width loop.
+#[inline(always)]
+pub(crate) fn log_dot_lanes<T: LogFloat, const LANES: usize, const FMA: bool>(
+    la: &[T],
+    sa: &[T::Mask],
+    lb: &[T],
+    sb: &[T::Mask],
+) -> T {
+    let k = la.len();
+    let mut acc = [T::NEG_ZERO; LANES];
+    let body = k - k % LANES;
+    let chunks = la[..body]
+        .chunks_exact(LANES)
+        .zip(sa[..body].chunks_exact(LANES))
+        .zip(lb[..body].chunks_exact(LANES))
+        .zip(sb[..body].chunks_exact(LANES));
+    for (((la, sa), lb), sb) in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l] + T::signed_exp::<FMA>(la[l] + lb[l], sa[l] ^ sb[l]);
+        }
+    }
+    for i in body..k {
+        let l = i - body;
+        acc[l] = acc[l] + T::signed_exp::<FMA>(la[i] + lb[i], sa[i] ^ sb[i]);
+    }
+    pairwise_sum(&mut acc)
+}
+
+/// `Σ_k s(x)·s(w)·exp(ln|x| + ln|w|)` for one activation row (`la`, `sa`) and one weight row
+/// (`mags`, packed `signs`), with 32 accumulators: one per lane of a sign word.
+#[inline(always)]
+pub(crate) fn log_dot_packed_lanes<M: Magnitude, const FMA: bool>(
+    la: &[f32],
+    sa: &[u32],
+    mags: &[M],
+    signs: &[u32],
+) -> f32 {
+    let k = la.len();
+    let mut acc = [-0.0f32; W];
+    let full = k / W;
+    for (q, &word) in signs[..full].iter().enumerate() {
+        let r = q * W..(q + 1) * W;
+        let (la, sa, mags) = (&la[r.clone()], &sa[r.clone()], &mags[r]);
+        for l in 0..W {
+            let mask = ((word >> l) & 1) << 31;
+            let e = exp_f32::<FMA>(la[l] + mags[l].widen());
+            acc[l] += f32::from_bits(e.to_bits() ^ sa[l] ^ mask);
+        }
+    }
+    if full * W < k {
+        let word = signs[full];
+        for (l, i) in (full * W..k).enumerate() {
+            let mask = ((word >> l) & 1) << 31;
+            let e = exp_f32::<FMA>(la[i] + mags[i].widen());
+            acc[l] += f32::from_bits(e.to_bits() ^ sa[i] ^ mask);
+        }
+    }
+    pairwise_sum(&mut acc)
+}
+
+/// The decode kernel for accumulators without a SIMD build (`f64`): widen as it goes.
+pub(crate) fn log_dot_weight_row_scalar<T: LogFloat>(
+    la: &[T],
+    sa: &[T::Mask],
+    mags: Magnitudes<'_>,
+    signs: &[u32],
+) -> T {
+    let widen = |i: usize| match mags {
+        Magnitudes::F32(m) => T::from_f32(m[i]),
+        Magnitudes::F16(m) => T::from_f32(m[i].to_f32()),
+    };
+    let mut acc = [T::NEG_ZERO; 4];
+    for i in 0..la.len() {
+        let mask = T::mask_from_bit(sign_bit(signs, i));
+        acc[i % 4] = acc[i % 4] + T::signed_exp::<false>(la[i] + widen(i), sa[i] ^ mask);
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
