@@ -1,25 +1,23 @@
 //! `x · wᵀ` against a [`LogWeight`]: the op behind [`crate::LogLinear`].
 
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    bail, CpuStorage, CudaStorage, CustomOp3, Layout, MetalStorage, Result, Shape, Tensor,
-};
+use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, Layout, MetalStorage, Result, Shape};
 
 use crate::backend::unsupported;
-use crate::check::check_float;
 use crate::cpu::gemm::log_gemm;
 use crate::cpu::input::Input;
+use crate::cpu::magnitude::Magnitudes;
 use crate::cpu::split::{ln_split, MatrixView};
-use crate::cpu::weight_columns::{Magnitudes, WeightColumns};
+use crate::cpu::weight_columns::WeightColumns;
 use crate::packing::sign_words_per_row;
-use crate::LogWeight;
 
 /// The log-domain product of activations `x` (`(…, in)`) with a [`LogWeight`]'s transpose, as a
 /// Candle [`CustomOp3`] over `(x, magnitudes, signs)`.
 ///
-/// Prefer [`LogWeight::forward`] or [`crate::LogLinear`], which check shapes first.
+/// Crate-private: users call [`LogWeight::forward`](crate::LogWeight::forward) or
+/// [`crate::LogLinear`], which check shapes first.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LogLinearOp;
+pub(crate) struct LogLinearOp;
 
 impl CustomOp3 for LogLinearOp {
     fn name(&self) -> &'static str {
@@ -145,32 +143,4 @@ fn cpu_linear<S: Input>(
     let dims = lx.dims();
     let shape = Shape::from(&dims[..dims.len() - 1]).extend(&[n]);
     (S::to_cpu_storage_owned(y), shape)
-}
-
-/// Checks `x` against `w` and runs [`LogLinearOp`].
-pub(crate) fn log_linear_forward(x: &Tensor, w: &LogWeight) -> Result<Tensor> {
-    const OP: &str = "a log-domain linear layer";
-    check_float(OP, x)?;
-    let (out_dim, in_dim) = w.dims();
-    match x.dims().last() {
-        Some(&k) if k == in_dim => {}
-        _ => bail!(
-            "{OP} with weight (out, in) = ({out_dim}, {in_dim}) needs input of shape (…, {in_dim}), \
-             got {:?}",
-            x.dims()
-        ),
-    }
-    if !x.device().same_device(w.device()) {
-        bail!(
-            "{OP}: the input is on {} but the weight is on {}; move one with to_device",
-            crate::backend::device_name(x.device()),
-            crate::backend::device_name(w.device())
-        );
-    }
-    if in_dim == 0 || out_dim == 0 || x.elem_count() == 0 {
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = out_dim;
-        return Tensor::zeros(dims, x.dtype(), x.device());
-    }
-    x.apply_op3_no_bwd(w.magnitudes(), w.signs(), &LogLinearOp)
 }

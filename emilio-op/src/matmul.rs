@@ -13,9 +13,10 @@ use crate::cpu::split::{ln_split, MatrixView};
 
 /// The log-domain matrix product of two activations, as a Candle [`CustomOp2`].
 ///
-/// Prefer [`log_matmul`], which checks shapes and handles empty products first.
+/// Crate-private: users call [`log_matmul`], which checks shapes and handles empty products
+/// first.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LogMatMul;
+pub(crate) struct LogMatMul;
 
 impl CustomOp2 for LogMatMul {
     fn name(&self) -> &'static str {

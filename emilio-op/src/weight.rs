@@ -3,10 +3,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_core::{bail, DType, Device, Module, Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+use crate::backend::device_name;
+use crate::check::check_float;
+use crate::linear_op::LogLinearOp;
 use crate::packing::{pack_sign_row, sign_words_per_row};
 
 /// How the magnitudes `ln|w|` of a [`LogWeight`] are stored.
@@ -251,6 +254,36 @@ impl LogWeight {
     /// `x · wᵀ` in the log domain, for `x` of shape `(..., in)` and any float dtype; the result
     /// has shape `(..., out)` and `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::linear_op::log_linear_forward(x, self)
+        const OP: &str = "a log-domain linear layer";
+        check_float(OP, x)?;
+        let (out_dim, in_dim) = self.dims();
+        match x.dims().last() {
+            Some(&k) if k == in_dim => {}
+            _ => bail!(
+                "{OP} with weight (out, in) = ({out_dim}, {in_dim}) needs input of shape \
+                 (…, {in_dim}), got {:?}",
+                x.dims()
+            ),
+        }
+        if !x.device().same_device(self.device()) {
+            bail!(
+                "{OP}: the input is on {} but the weight is on {}; move one with to_device",
+                device_name(x.device()),
+                device_name(self.device())
+            );
+        }
+        if in_dim == 0 || out_dim == 0 || x.elem_count() == 0 {
+            let mut dims = x.dims().to_vec();
+            *dims.last_mut().expect("rank ≥ 1") = out_dim;
+            return Tensor::zeros(dims, x.dtype(), x.device());
+        }
+        x.apply_op3_no_bwd(&self.magnitudes, &self.signs, &LogLinearOp)
+    }
+}
+
+/// A weight is a layer without a bias: `x · wᵀ` ([`LogWeight::forward`]).
+impl Module for LogWeight {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        LogWeight::forward(self, x)
     }
 }
