@@ -1,23 +1,26 @@
-//! The Qwen2 fork: `candle_transformers::models::qwen2` line for line, with every linear layer a
-//! [`LogLinear`] and both attention products [`log_matmul`].
+//! The Qwen2 fork: `candle_transformers::models::qwen2` with every linear layer a [`LogLinear`]
+//! and both attention products [`log_matmul`].
 //!
-//! Names and every non-product step (rotary embedding, RMSNorm, the causal and sliding-window
-//! mask, the KV cache, tied embeddings) are stock's, so an A/B against stock
-//! measures the log domain and nothing else. The only additions are the [`Options`] value, two
-//! input checks that turn stock's panics/opaque errors into clear ones (an empty input, and a
-//! prompt running past `max_position_embeddings`), and [`ModelForCausalLM::log_weight_bytes`].
+//! Names, constructors, `forward` signatures and every non-product step (rotary embedding,
+//! RMSNorm, the causal and sliding-window mask, the KV cache, tied embeddings) are stock's, so
+//! an A/B against stock measures the log domain and nothing else. The additions are the
+//! [`Options`] value, two input checks that turn stock's panics/opaque errors into clear ones
+//! (an empty input, and a prompt running past `max_position_embeddings`), and
+//! [`ModelForCausalLM::log_weight_bytes`].
 //!
-//! Three changes of arrangement leave every result bit for bit what stock's arrangement
-//! gives, and make a CPU decode step cheaper (measured in `docs/decode-profile.md`):
-//! - `q/k/v_proj` run as one layer of stacked weights, and so do `gate/up_proj`: each output
-//!   is the same dot product over the same converted weight row, with one op call instead of
-//!   three (two), so fewer fork/joins per token;
-//! - attention groups the query heads that share a KV head (`(b, kv_heads, groups·q_len, d)`)
-//!   instead of `repeat_kv`: the same products, without copying and splitting into logs every
-//!   cached key and value once per query head;
-//! - on the CPU, [`ModelForCausalLM::forward`] and [`Model::forward`] run on rayon's pool, so the op calls
-//!   of a step start their parallel work from a worker thread instead of handing it over from
-//!   (and waking back) the caller's thread, ~220 times per token.
+//! What differs from stock is arrangement only; each leaves every result bit for bit what
+//! stock's arrangement gives, and makes a CPU decode step cheaper (measured in
+//! `docs/decode-profile.md`; the whole data path is in `docs/architecture.md`):
+//! - **stacked q/k/v and gate/up**: `q/k/v_proj` run as one layer of stacked weights, and so do
+//!   `gate/up_proj`: each output is the same dot product over the same converted weight row,
+//!   with one op call instead of three (two), so fewer fork/joins per token;
+//! - **grouped GQA**: attention groups the query heads that share a KV head
+//!   (`(b, kv_heads, groups·q_len, d)`) instead of `repeat_kv`: the same products, without
+//!   copying and splitting into logs every cached key and value once per query head;
+//! - **the pool hand-off**: on the CPU, [`ModelForCausalLM::forward`] and [`Model::forward`]
+//!   run on rayon's pool, so the op calls of a step start their parallel work from a worker
+//!   thread instead of handing it over from (and waking back) the caller's thread, ~220 times
+//!   per token.
 
 use std::sync::Arc;
 

@@ -7,7 +7,8 @@
 //! # Tolerance
 //!
 //! Both models load the same weights in `f32`; they differ only in how products are computed.
-//! Per product the op's relative error is (see `emilio_op` and `DESIGN.md` §1):
+//! Per product the op's relative error is (see `emilio_op` and `docs/architecture.md`, "The
+//! op's contract"):
 //! - `f32` format: `(|ln a| + |ln b| + |ln ab|)·2⁻²⁴` plus `exp`'s 2 ulp. With weights of
 //!   standard deviation 0.02 (`|ln w| ≈ 4.5`, below 9 for all but 0.03% of them) and activations
 //!   of order 1, `|ln a| + |ln b| + |ln ab| ≲ 20`: `ε_f32 = 24·2⁻²⁴ ≈ 1.4e-6`.
