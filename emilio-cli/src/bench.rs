@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{Device, Module, Tensor};
 use emilio_op::{LogLinear, WeightFormat};
+use emilio_qwen::generation::{Generator, Greedy};
 use serde::Serialize;
 
 use crate::cli::{Backend, BenchArgs, BenchModelArgs, BenchOpArgs, BenchTarget};
@@ -263,19 +264,13 @@ struct ModelReport {
     decode_ratio: f64,
 }
 
-/// (prefill seconds, decode seconds) of one run: the prompt, then `decode` greedy steps.
+/// (prefill seconds, decode seconds) of one run: the prompt, then `decode` greedy steps (no
+/// stop tokens, so every run does the same work).
 fn time_run(m: &mut Runner, prompt: &[u32], decode: usize, dev: &Device) -> Result<(f64, f64)> {
-    m.clear_kv_cache();
-    let start = Instant::now();
-    let logits = m.forward(&Tensor::new(prompt, dev)?.unsqueeze(0)?, 0)?;
-    let mut next = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
-    let prefill = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    for i in 0..decode {
-        let logits = m.forward(&Tensor::new(&[next], dev)?.unsqueeze(0)?, prompt.len() + i)?;
-        next = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
-    }
-    Ok((prefill, start.elapsed().as_secs_f64()))
+    let run = Generator::new(m, Greedy, dev).run(prompt, decode + 1, |_| {
+        Ok::<_, candle_core::Error>(())
+    })?;
+    Ok((run.timings.prefill_secs(), run.timings.decode_secs()))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
