@@ -56,12 +56,8 @@ fn each_chosen_token_is_fed_once_at_its_position() {
     assert_eq!(out.tokens, [3, 4, 5, 6]);
     assert_eq!(streamed, out.tokens);
     assert_eq!(out.finish, Finish::MaxTokens);
-    let want: Vec<(Vec<u32>, usize)> = vec![
-        (vec![1, 2], 0),
-        (vec![3], 2),
-        (vec![4], 3),
-        (vec![5], 4),
-    ];
+    let want: Vec<(Vec<u32>, usize)> =
+        vec![(vec![1, 2], 0), (vec![3], 2), (vec![4], 3), (vec![5], 4)];
     assert_eq!(model.calls, want);
     assert_eq!(model.clears, 1, "a run starts from an empty cache");
     assert_eq!(out.timings.prefill_tokens, 2);
@@ -77,7 +73,10 @@ fn a_stop_token_ends_generation_unstreamed() {
     assert_eq!(model.calls.len(), 3);
     // A stop token that is also the last allowed one still counts as a stop.
     let (out, streamed, _) = run_script(&[5], 3);
-    assert_eq!((out.tokens.as_slice(), out.finish), (&[3, 4, 5][..], Finish::StopToken));
+    assert_eq!(
+        (out.tokens.as_slice(), out.finish),
+        (&[3, 4, 5][..], Finish::StopToken)
+    );
     assert_eq!(streamed, [3, 4]);
 }
 
@@ -130,7 +129,10 @@ fn forcing_past_the_given_tokens_is_an_error() {
     let mut model = Script::default();
     let mut gen = Generator::new(&mut model, Recorder::forced(vec![5, 6]), &Device::Cpu);
     let err = gen.run(&[1], 3, |_| Ok::<_, Error>(())).unwrap_err();
-    assert!(err.to_string().contains("teacher forcing has 2 tokens"), "{err}");
+    assert!(
+        err.to_string().contains("teacher forcing has 2 tokens"),
+        "{err}"
+    );
     let (_, recorder) = gen.into_parts();
     assert_eq!(recorder.logits().len(), 2);
 }
@@ -158,7 +160,10 @@ impl CausalLM for Tiny {
 }
 
 fn tiny(format: Option<WeightFormat>) -> Tiny {
-    let cfg = SyntheticSpec::new(Preset::Tiny).with_seed(5).config().unwrap();
+    let cfg = SyntheticSpec::new(Preset::Tiny)
+        .with_seed(5)
+        .config()
+        .unwrap();
     let tensors: HashMap<String, Tensor> = qwen2_tensor_shapes(&cfg)
         .into_iter()
         .map(|(name, dims)| {
@@ -168,7 +173,9 @@ fn tiny(format: Option<WeightFormat>) -> Tiny {
         .collect();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     match format {
-        Some(f) => Tiny::Ours(ModelForCausalLM::new_with_options(&cfg, vb, &Options::new(f)).unwrap()),
+        Some(f) => {
+            Tiny::Ours(ModelForCausalLM::new_with_options(&cfg, vb, &Options::new(f)).unwrap())
+        }
         None => Tiny::Stock(stock::ModelForCausalLM::new(&cfg, vb).unwrap()),
     }
 }
@@ -181,7 +188,10 @@ const PROMPT: [u32; 6] = [11, 300, 7, 42, 42, 99];
 
 /// Logits of the last position, as f32 on the host.
 fn last(model: &mut Tiny, ids: &[u32], offset: usize) -> Vec<f32> {
-    let ids = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let logits = model.forward(&ids, offset).unwrap();
     logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
@@ -230,7 +240,14 @@ fn greedy_is_the_argmax_of_the_models_logits() {
 fn seeded_sampling_is_candles_logits_processor_with_the_repeat_penalty() {
     let cases = [
         (Sampling::All { temperature: 1.5 }, 1.0, 0),
-        (Sampling::TopP { p: 0.9, temperature: 0.8 }, 1.3, 4),
+        (
+            Sampling::TopP {
+                p: 0.9,
+                temperature: 0.8,
+            },
+            1.3,
+            4,
+        ),
         (Sampling::ArgMax, 3.0, 64),
     ];
     for backend in backends() {
@@ -272,7 +289,9 @@ fn teacher_forcing_feeds_the_given_tokens() {
         assert_eq!(want, forced);
         // Stop tokens are for free generation: a forced run takes none.
         let mut gen = Generator::new(&mut model, Recorder::forced(forced.clone()), &Device::Cpu);
-        let out = gen.run(&PROMPT, forced.len(), |_| Ok::<_, Error>(())).unwrap();
+        let out = gen
+            .run(&PROMPT, forced.len(), |_| Ok::<_, Error>(()))
+            .unwrap();
         assert_eq!(out.tokens, forced, "{backend:?}");
         assert_eq!(gen.into_parts().1.into_logits(), want_logits, "{backend:?}");
     }
@@ -292,7 +311,10 @@ fn timings_cover_prefill_and_every_decode_step() {
         assert!(t.decode.iter().all(|d| *d > Duration::ZERO), "{t:?}");
         let sum: f64 = t.decode.iter().map(Duration::as_secs_f64).sum();
         assert!((t.decode_secs() - sum).abs() < 1e-9);
-        assert!((t.prefill_tok_s() - PROMPT.len() as f64 / t.prefill_secs()).abs() < 1e-6 * t.prefill_tok_s());
+        assert!(
+            (t.prefill_tok_s() - PROMPT.len() as f64 / t.prefill_secs()).abs()
+                < 1e-6 * t.prefill_tok_s()
+        );
         assert!((t.decode_tok_s() - 5.0 / t.decode_secs()).abs() < 1e-6 * t.decode_tok_s());
     }
     assert_eq!(Timings::default().decode_tok_s(), 0.0);
@@ -304,12 +326,18 @@ fn stop_ids_are_the_tokenizers_ids_of_the_stop_tokens() {
     let tok = crate::synthetic::tokenizer().unwrap();
     assert_eq!(
         stop_ids(&tok),
-        [tokenizer_special_id(IM_END), tokenizer_special_id(ENDOFTEXT)]
+        [
+            tokenizer_special_id(IM_END),
+            tokenizer_special_id(ENDOFTEXT)
+        ]
     );
     assert_eq!(sampling(0.0, Some(0.5)), Sampling::ArgMax);
     assert_eq!(
         sampling(0.7, Some(0.5)),
-        Sampling::TopP { p: 0.5, temperature: 0.7 }
+        Sampling::TopP {
+            p: 0.5,
+            temperature: 0.7
+        }
     );
     assert_eq!(sampling(0.7, None), Sampling::All { temperature: 0.7 });
 }
