@@ -193,7 +193,7 @@ pub fn run(args: &AbArgs) -> Result<()> {
         model: files.label.clone(),
         weight_format: format.to_string(),
         dtype: dtype.as_str().to_string(),
-        device: device::label(&device).to_string(),
+        device: args.model.device.name(),
         prompt_tokens: prompt.len(),
         summary,
         per_position,

@@ -44,7 +44,19 @@ pub enum DeviceArg {
     Metal,
 }
 
-/// The dtype activations (and stock Candle's weights) are computed in.
+impl DeviceArg {
+    /// The name `--device` takes (`cpu`, `cuda`, `metal`), which the reports print: clap's, so
+    /// the two cannot differ.
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .expect("no device is hidden from --device")
+            .get_name()
+            .to_string()
+    }
+}
+
+/// A dtype as `--dtype` names it: of the activations (and stock Candle's weights) in `generate`,
+/// `ab` and `bench model`; of the stored weights in `synth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DtypeArg {
     F32,

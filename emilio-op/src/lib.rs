@@ -86,7 +86,6 @@ mod cuda;
 mod float;
 mod linear;
 mod linear_op;
-pub mod machine;
 mod matmul;
 // The Metal path: its kernel source, plans and their emulated tests build everywhere under
 // `cfg(test)`; the device code only with the `metal` feature on Apple targets.
