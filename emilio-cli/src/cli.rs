@@ -220,8 +220,8 @@ pub struct SynthArgs {
     #[arg(long)]
     pub untied: bool,
     /// Stored dtype of the weights: bf16 (as published), f16 or f32.
-    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
-    pub dtype: String,
+    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
+    pub dtype: DtypeArg,
 }
 
 fn parse_format(s: &str) -> Result<WeightFormat, String> {
