@@ -135,7 +135,7 @@ pub fn run(args: &BenchOpArgs) -> Result<()> {
             );
             outln!(
                 o,
-                "machine ceilings: exp kernel {exp:.2} G products/s (L1-resident, all threads); memory read {:.1} GB/s",
+                "machine ceilings: exp {exp:.2} G products/s (the op in cache, all threads); memory read {:.1} GB/s",
                 report.memory_read_gb_s
             );
         }
