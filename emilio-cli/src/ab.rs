@@ -5,17 +5,16 @@
 //! position; finally the log-domain model generates greedily on its own, for the side-by-side
 //! continuation and its speed.
 
-use std::time::Instant;
-
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use emilio_qwen::compare::{argmax, kl_divergence, max_rel_err};
+use emilio_qwen::generation::{stop_ids, Generator, Recorder, Timings};
 
 use crate::cli::{AbArgs, Backend};
-use crate::generate::{encode_prompt, fit_context, stop_ids};
+use crate::generate::{encode_prompt, fit_context};
 use crate::runner::Runner;
 use crate::{device, source};
 
@@ -94,56 +93,31 @@ pub struct AbReport {
     pub decode_ratio: f64,
 }
 
-/// A greedy run: tokens, the logits before each, and timings.
+/// A greedy or teacher-forced run: tokens, the logits before each, and timings.
 struct Run {
     tokens: Vec<u32>,
     logits: Vec<Vec<f32>>,
-    prefill_secs: f64,
-    decode_secs: f64,
+    timings: Timings,
 }
 
-/// Runs `model` over `prompt`, then `n` steps; each step's input is `forced[i]` if given, else
-/// the argmax. Stops early at a stop token when not forced.
+/// Runs `model` over `prompt`, then chooses up to `n` tokens with `recorder` (greedy, stopping at
+/// `stops`, or forced along given tokens, with no stops).
 fn run_model(
     model: &mut Runner,
     prompt: &[u32],
     n: usize,
-    forced: Option<&[u32]>,
+    recorder: Recorder,
     stops: &[u32],
     device: &Device,
 ) -> Result<Run> {
-    model.clear_kv_cache();
-    let mut run = Run {
-        tokens: Vec::new(),
-        logits: Vec::new(),
-        prefill_secs: 0.0,
-        decode_secs: 0.0,
-    };
-    let start = Instant::now();
-    let ids = Tensor::new(prompt, device)?.unsqueeze(0)?;
-    let mut logits = model.forward(&ids, 0)?.squeeze(0)?.to_dtype(DType::F32)?;
-    let mut logits_vec = logits.to_vec1::<f32>()?;
-    run.prefill_secs = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    for i in 0..n {
-        let next = match forced {
-            Some(f) => f[i],
-            None => argmax(&logits_vec),
-        };
-        run.logits.push(logits_vec);
-        run.tokens.push(next);
-        if i + 1 == n || (forced.is_none() && stops.contains(&next)) {
-            break;
-        }
-        let ids = Tensor::new(&[next], device)?.unsqueeze(0)?;
-        logits = model
-            .forward(&ids, prompt.len() + i)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?;
-        logits_vec = logits.to_vec1::<f32>()?;
-    }
-    run.decode_secs = start.elapsed().as_secs_f64();
-    Ok(run)
+    let mut generator =
+        Generator::new(model, recorder, device).with_stop_tokens(stops.iter().copied());
+    let generated = generator.run(prompt, n, |_| Ok::<_, candle_core::Error>(()))?;
+    Ok(Run {
+        tokens: generated.tokens,
+        logits: generator.into_parts().1.into_logits(),
+        timings: generated.timings,
+    })
 }
 
 fn decode(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
@@ -164,18 +138,18 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let dtype = args.model.dtype.dtype();
 
     let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, dtype, &device)?;
-    let stock_run = run_model(&mut stock, &prompt, n, None, &stops, &device)?;
+    let stock_run = run_model(&mut stock, &prompt, n, Recorder::greedy(), &stops, &device)?;
     drop(stock);
     let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, dtype, &device)?;
     let forced = run_model(
         &mut emilio,
         &prompt,
         stock_run.tokens.len(),
-        Some(&stock_run.tokens),
-        &stops,
+        Recorder::forced(stock_run.tokens.clone()),
+        &[],
         &device,
     )?;
-    let own = run_model(&mut emilio, &prompt, n, None, &stops, &device)?;
+    let own = run_model(&mut emilio, &prompt, n, Recorder::greedy(), &stops, &device)?;
 
     let per_position: Vec<PositionReport> = stock_run
         .logits
@@ -210,8 +184,8 @@ pub fn run(args: &AbArgs) -> Result<()> {
             .then(|| stock_run.tokens.len().min(own.tokens.len())));
     let speed = |r: &Run, load: std::time::Duration| Speed {
         load_secs: load.as_secs_f64(),
-        prefill_tok_s: prompt.len() as f64 / r.prefill_secs.max(1e-9),
-        decode_tok_s: (r.tokens.len().saturating_sub(1)) as f64 / r.decode_secs.max(1e-9),
+        prefill_tok_s: r.timings.prefill_tok_s(),
+        decode_tok_s: r.timings.decode_tok_s(),
     };
     let stock_speed = speed(&stock_run, stock_load);
     let emilio_speed = speed(&own, emilio_load);
@@ -219,7 +193,7 @@ pub fn run(args: &AbArgs) -> Result<()> {
         model: files.label.clone(),
         weight_format: format.to_string(),
         dtype: dtype.as_str().to_string(),
-        device: device::label(&device).to_string(),
+        device: args.model.device.name(),
         prompt_tokens: prompt.len(),
         summary,
         per_position,

@@ -44,7 +44,19 @@ pub enum DeviceArg {
     Metal,
 }
 
-/// The dtype activations (and stock Candle's weights) are computed in.
+impl DeviceArg {
+    /// The name `--device` takes (`cpu`, `cuda`, `metal`), which the reports print: clap's, so
+    /// the two cannot differ.
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .expect("no device is hidden from --device")
+            .get_name()
+            .to_string()
+    }
+}
+
+/// A dtype as `--dtype` names it: of the activations (and stock Candle's weights) in `generate`,
+/// `ab` and `bench model`; of the stored weights in `synth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DtypeArg {
     F32,
@@ -208,8 +220,8 @@ pub struct SynthArgs {
     #[arg(long)]
     pub untied: bool,
     /// Stored dtype of the weights: bf16 (as published), f16 or f32.
-    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
-    pub dtype: String,
+    #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
+    pub dtype: DtypeArg,
 }
 
 fn parse_format(s: &str) -> Result<WeightFormat, String> {

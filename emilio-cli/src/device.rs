@@ -30,12 +30,3 @@ pub fn open(arg: DeviceArg) -> Result<Device> {
         }
     }
 }
-
-/// The device's kind, as `--device` names it.
-pub fn label(dev: &Device) -> &'static str {
-    match dev {
-        Device::Cpu => "cpu",
-        Device::Cuda(_) => "cuda",
-        Device::Metal(_) => "metal",
-    }
-}

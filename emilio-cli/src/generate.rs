@@ -1,20 +1,15 @@
 //! `emilio generate`: prompt in, tokens streamed out, timings on stderr.
 
 use std::io::Write;
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use candle_core::Tensor;
-use candle_transformers::generation::{LogitsProcessor, Sampling};
+use emilio_qwen::generation::{sampling, stop_ids, Generator, Sampled};
 use tokenizers::Tokenizer;
 
 use crate::cli::{GenerateArgs, PromptArgs};
 use crate::runner::Runner;
 use crate::stream::TextStream;
 use crate::{device, source};
-
-/// Tokens that end a reply.
-const STOP_TOKENS: [&str; 2] = ["<|im_end|>", "<|endoftext|>"];
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = device::open(args.model.device)?;
@@ -31,57 +26,24 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         &device,
     )?;
 
-    let sampling = match (args.temperature, args.top_p) {
-        (0.0, _) => Sampling::ArgMax,
-        (temperature, Some(p)) => Sampling::TopP { p, temperature },
-        (temperature, None) => Sampling::All { temperature },
-    };
-    let mut sampler = LogitsProcessor::from_sampling(args.seed, sampling);
-    let stops = stop_ids(&tokenizer);
-
-    let mut tokens = prompt.clone();
+    let sampler = Sampled::new(args.seed, sampling(args.temperature, args.top_p))
+        .with_repeat_penalty(args.repeat_penalty, args.repeat_last_n);
+    let mut generator =
+        Generator::new(&mut model, sampler, &device).with_stop_tokens(stop_ids(&tokenizer));
     let mut stream = TextStream::new(&tokenizer);
     let mut out = std::io::stdout().lock();
-    let start = Instant::now();
-    let mut prefill_secs = 0.0;
-    let mut generated = 0usize;
-    for step in 0..max_tokens {
-        let (input, offset) = if step == 0 {
-            (&tokens[..], 0)
-        } else {
-            (&tokens[tokens.len() - 1..], tokens.len() - 1)
-        };
-        let ids = Tensor::new(input, &device)?.unsqueeze(0)?;
-        let mut logits = model.forward(&ids, offset)?.squeeze(0)?;
-        if args.repeat_penalty != 1.0 {
-            let from = tokens.len().saturating_sub(args.repeat_last_n);
-            logits = candle_transformers::utils::apply_repeat_penalty(
-                &logits,
-                args.repeat_penalty,
-                &tokens[from..],
-            )?;
-        }
-        let next = sampler.sample(&logits)?;
-        if step == 0 {
-            prefill_secs = start.elapsed().as_secs_f64();
-        }
-        generated += 1;
-        tokens.push(next);
-        if stops.contains(&next) {
-            break;
-        }
-        if let Some(text) = stream.push(next)? {
+    let generated = generator.run(&prompt, max_tokens, |token| -> Result<()> {
+        if let Some(text) = stream.push(token)? {
             write!(out, "{text}")?;
             out.flush()?;
         }
-    }
+        Ok(())
+    })?;
     if let Some(text) = stream.finish()? {
         write!(out, "{text}")?;
     }
     writeln!(out)?;
-    let total = start.elapsed().as_secs_f64();
-    let decode_steps = generated.saturating_sub(1);
-    let decode_secs = total - prefill_secs;
+    let t = &generated.timings;
     eprintln!(
         "{} backend: loaded in {:.2}s; prefill {} tokens at {:.1} tok/s; decode {} tokens at {:.1} tok/s",
         match args.backend {
@@ -89,14 +51,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             crate::cli::Backend::Stock => "stock".to_string(),
         },
         load_time.as_secs_f64(),
-        prompt.len(),
-        prompt.len() as f64 / prefill_secs.max(1e-9),
-        decode_steps,
-        if decode_steps > 0 {
-            decode_steps as f64 / decode_secs.max(1e-9)
-        } else {
-            0.0
-        },
+        t.prefill_tokens,
+        t.prefill_tok_s(),
+        t.decode.len(),
+        t.decode_tok_s(),
     );
     Ok(())
 }
@@ -141,12 +99,4 @@ pub fn fit_context(prompt_len: usize, max_tokens: usize, max_pos: usize) -> Resu
         );
     }
     Ok(max_tokens.min(room))
-}
-
-/// Ids of the tokens that end generation, among those the tokenizer has.
-pub fn stop_ids(tokenizer: &Tokenizer) -> Vec<u32> {
-    STOP_TOKENS
-        .iter()
-        .filter_map(|t| tokenizer.token_to_id(t))
-        .collect()
 }

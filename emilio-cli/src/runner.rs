@@ -1,4 +1,4 @@
-//! One interface over both backends, and the timing of a load.
+//! Either backend behind one type the generation engine runs, and the timing of a load.
 
 use std::time::{Duration, Instant};
 
@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::qwen2 as stock;
 use emilio_op::WeightFormat;
+use emilio_qwen::generation::CausalLM;
 use emilio_qwen::Options;
 
 use crate::cli::Backend;
@@ -41,15 +42,6 @@ impl Runner {
         Ok((runner, start.elapsed()))
     }
 
-    /// Logits `(batch, vocab)` of the last of `ids` `(batch, seq)`, appending to the KV cache.
-    pub fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
-        let logits = match self {
-            Runner::Emilio(m) => m.forward(ids, offset)?,
-            Runner::Stock(m) => m.forward(ids, offset)?,
-        };
-        Ok(logits.squeeze(1)?)
-    }
-
     /// Bytes of log-domain weights (magnitudes and sign words), for the emilio backend.
     pub fn log_weight_bytes(&self) -> Option<usize> {
         match self {
@@ -57,9 +49,18 @@ impl Runner {
             Runner::Stock(_) => None,
         }
     }
+}
 
-    /// Forgets every position.
-    pub fn clear_kv_cache(&mut self) {
+/// Either backend, for the generation engine.
+impl CausalLM for Runner {
+    fn forward(&mut self, ids: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Runner::Emilio(m) => m.forward(ids, offset),
+            Runner::Stock(m) => m.forward(ids, offset),
+        }
+    }
+
+    fn clear_kv_cache(&mut self) {
         match self {
             Runner::Emilio(m) => m.clear_kv_cache(),
             Runner::Stock(m) => m.clear_kv_cache(),

@@ -1,18 +1,12 @@
 //! `emilio synth`: an offline checkpoint with seeded random weights.
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
 use emilio_qwen::synthetic::{write_checkpoint, SyntheticSpec};
 
 use crate::cli::SynthArgs;
 
 pub fn run(args: &SynthArgs) -> Result<()> {
-    let dtype = match args.dtype.as_str() {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        "f32" => DType::F32,
-        other => bail!("unknown dtype {other:?}: use bf16, f16 or f32"),
-    };
+    let dtype = args.dtype.dtype();
     check_writable(&args.out)?;
     let spec = SyntheticSpec::new(args.preset)
         .with_seed(args.seed)

@@ -11,14 +11,19 @@ use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use emilio_op::{log_matmul, LogLinear, WeightFormat};
 
+#[allow(dead_code)] // shared with examples/op_accuracy.rs, which runs other layers
+#[path = "common/qwen_shapes.rs"]
+mod qwen_shapes;
+use qwen_shapes::{ATTENTION, LM_HEAD, MLP_UP};
+
 fn linear_shapes(c: &mut Criterion) {
     let dev = Device::Cpu;
-    for (m, k, n) in [
-        (1, 896, 896),
-        (1, 896, 4864),
-        (1, 896, 151936),
-        (128, 896, 896),
-        (128, 896, 4864),
+    for (m, (k, n)) in [
+        (1, ATTENTION),
+        (1, MLP_UP),
+        (1, LM_HEAD),
+        (128, ATTENTION),
+        (128, MLP_UP),
     ] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.02, (n, k), &dev).unwrap();

@@ -13,6 +13,11 @@ use std::time::Instant;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use emilio_op::{log_matmul, LogLinear, WeightFormat};
 
+#[allow(dead_code)] // shared with benches/log_matmul.rs, which runs other layers
+#[path = "../benches/common/qwen_shapes.rs"]
+mod qwen_shapes;
+use qwen_shapes::{ATTENTION, MLP_UP};
+
 fn median_secs(reps: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
     f()?; // warm-up
     let mut t = Vec::with_capacity(reps);
@@ -59,12 +64,7 @@ fn errors(
 fn main() -> Result<()> {
     let dev = Device::Cpu;
     println!("threads: {}", rayon_threads());
-    for (m, k, n) in [
-        (1, 896, 4864),
-        (128, 896, 896),
-        (1, 896, 896),
-        (128, 896, 4864),
-    ] {
+    for (m, (k, n)) in [(1, MLP_UP), (128, ATTENTION), (1, ATTENTION), (128, MLP_UP)] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
         let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
         let (xv, wv) = (

@@ -85,7 +85,6 @@ mod emulate;
 mod cuda;
 mod linear;
 mod linear_op;
-pub mod machine;
 mod matmul;
 // The Metal path: its kernel source, plans and their emulated tests build everywhere under
 // `cfg(test)`; the device code only with the `metal` feature on Apple targets.

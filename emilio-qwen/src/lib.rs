@@ -11,6 +11,8 @@
 //! - [`loading`]: a checkpoint directory (`model.safetensors` or a sharded index), memory-mapped
 //!   and converted layer by layer, with clear errors; also builds stock's model for A/B runs.
 //! - [`synthetic`]: seeded offline checkpoints (config, weights, tokenizer) at preset sizes.
+//! - [`generation`]: the generation engine every command runs (prefill, decode steps, stop
+//!   tokens, sampling, timings), over this model or stock's.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod compare;
+pub mod generation;
 pub mod loading;
 mod model;
 pub mod synthetic;

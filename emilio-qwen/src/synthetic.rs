@@ -47,12 +47,8 @@ use serde_json::{json, Value};
 use crate::loading::{CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 use crate::model::Config;
 
-/// The end-of-text special token (also the padding and, for base models, the EOS token).
-pub const ENDOFTEXT: &str = "<|endoftext|>";
-/// Opens a ChatML turn.
-pub const IM_START: &str = "<|im_start|>";
-/// Closes a ChatML turn (the EOS token of chat models).
-pub const IM_END: &str = "<|im_end|>";
+/// The special tokens the synthetic tokenizer has, named where generation stops at them.
+pub use crate::generation::{ENDOFTEXT, IM_END, IM_START};
 
 /// Standard deviation of the synthetic linear, bias and embedding weights.
 pub const WEIGHT_STD: f64 = 0.02;

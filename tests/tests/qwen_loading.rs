@@ -313,6 +313,24 @@ fn presets_parse_and_have_the_real_shapes() {
     assert!(e.contains("GQA ratio 3"), "{e}");
 }
 
+/// The op's benchmark and accuracy example cannot see the preset (`emilio-op` is below
+/// `emilio-qwen`), so they keep their own table of its shapes: it must be the preset's.
+#[path = "../../emilio-op/benches/common/qwen_shapes.rs"]
+mod op_bench_shapes;
+
+#[test]
+fn the_op_benchmarks_table_is_the_qwen25_05b_presets_shapes() {
+    use op_bench_shapes::{ATTENTION, KEY_VALUE, LM_HEAD, MLP_DOWN, MLP_UP};
+    let c = SyntheticSpec::new(Preset::Qwen25_05B).config().unwrap();
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let kv = c.num_key_value_heads * (h / c.num_attention_heads);
+    assert_eq!(ATTENTION, (h, h));
+    assert_eq!(KEY_VALUE, (h, kv));
+    assert_eq!(MLP_UP, (h, i));
+    assert_eq!(MLP_DOWN, (i, h));
+    assert_eq!(LM_HEAD, (h, c.vocab_size));
+}
+
 #[test]
 fn written_checkpoint_has_qwen2_names_config_and_scales() {
     let dir = tempfile::tempdir().unwrap();
