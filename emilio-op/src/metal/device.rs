@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use candle_core::metal_backend::DeviceId;
 use candle_core::{Error, MetalDevice, Result};
 use candle_metal_kernels::metal::{ComputePipeline, Library};
+use emilio_kernels::METAL_SOURCE;
 use objc2::rc::Retained;
 use objc2_metal::{
     MTLCompileOptions, MTLComputePipelineState, MTLMathFloatingPointFunctions, MTLMathMode,
 };
 
-use super::source::SOURCE;
 use crate::plan::SIMD_WIDTH;
 
 /// The kernel library of one device and the pipelines built from it so far.
@@ -63,7 +63,7 @@ pub(crate) fn kernels(device: &MetalDevice) -> Result<Arc<Kernels>> {
     let options = compile_options();
     let library = device
         .metal_device()
-        .new_library_with_source(SOURCE, Some(&options))
+        .new_library_with_source(METAL_SOURCE, Some(&options))
         .map_err(|e| {
             Error::Msg(format!(
                 "the Metal compiler rejected emilio's kernels (kernels/emilio.metal): {e}"
