@@ -90,7 +90,7 @@ impl Kernels {
         let function = self.library.get_function(name, None).map_err(|e| {
             Error::Msg(format!(
                 "emilio's Metal library has no kernel {name} ({e}); kernels/emilio.metal and \
-                 emilio-op/src/metal/plan.rs disagree"
+                 emilio-op/src/plan.rs disagree"
             ))
         })?;
         let pipeline = device

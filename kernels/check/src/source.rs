@@ -35,7 +35,7 @@ pub fn defines(source: &str) -> HashMap<&str, &str> {
 ///
 /// The expansion is textual and covers what the sources use: a macro's parameters replaced by
 /// the arguments of an invocation that starts a line, and `##` pasting. It is checked against
-/// nvcc's own PTX, whose `.entry` names must be exactly these (`tests/cuda_source.rs`).
+/// nvcc's own PTX, whose `.entry` names must be exactly these (`kernels/check/tests/cuda_source.rs`).
 pub fn kernels(source: &str) -> Vec<String> {
     let mut macros: HashMap<String, (Vec<String>, String)> = HashMap::new();
     let mut names = Vec::new();
