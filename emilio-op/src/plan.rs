@@ -24,9 +24,6 @@ use emilio_kernels::Backend;
 use crate::check::mixed_dtypes;
 use crate::packing::{sign_words_per_row, SIGN_BITS_PER_WORD};
 
-#[cfg(test)]
-mod tests;
-
 /// SIMD-group width the GEMV kernel assumes (`EMILIO_SIMD_WIDTH`): lane `j` reads sign bit `j`.
 pub(crate) const SIMD_WIDTH: usize = 32;
 /// Output features per GEMV threadgroup, one SIMD-group each (`EMILIO_GEMV_ROWS_PER_GROUP`).
@@ -460,3 +457,6 @@ pub(crate) fn log_linear(
     });
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests;

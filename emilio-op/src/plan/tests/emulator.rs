@@ -11,7 +11,7 @@ use crate::plan::{Arg, Buf, Plan};
 
 /// `plan` as an emulator program over `operands` (whole storages): the operands, then the
 /// plan's temporary buffers and its output, poisoned until a kernel writes them.
-pub(super) fn program(plan: &Plan, operands: Vec<Vec<u8>>) -> Program {
+fn program(plan: &Plan, operands: Vec<Vec<u8>>) -> Program {
     let temps = operands.len();
     let output = temps + plan.temps.len();
     let index = |b: Buf| match b {
@@ -65,7 +65,7 @@ pub(super) fn run(em: &Emulator, plan: &Plan, operands: Vec<Vec<u8>>) -> Ran {
 }
 
 /// The raw bytes of a CPU storage (little-endian elements).
-pub(super) fn storage_bytes(s: &CpuStorage) -> Vec<u8> {
+fn storage_bytes(s: &CpuStorage) -> Vec<u8> {
     match s {
         CpuStorage::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         CpuStorage::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -76,7 +76,7 @@ pub(super) fn storage_bytes(s: &CpuStorage) -> Vec<u8> {
 }
 
 /// A tensor's whole storage (as a device buffer would hold it) and its layout.
-pub(super) fn operand(t: &Tensor) -> (Vec<u8>, Layout) {
+fn operand(t: &Tensor) -> (Vec<u8>, Layout) {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(s) => (storage_bytes(s), layout.clone()),
@@ -84,7 +84,8 @@ pub(super) fn operand(t: &Tensor) -> (Vec<u8>, Layout) {
     }
 }
 
-pub(super) fn output_tensor(plan: &Plan, bytes: &[u8]) -> Tensor {
+/// The output of a run of `plan` as a CPU tensor of its dtype and shape.
+fn output_tensor(plan: &Plan, bytes: &[u8]) -> Tensor {
     Tensor::from_raw_buffer(
         bytes,
         plan.output_dtype,
