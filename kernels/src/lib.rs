@@ -13,7 +13,7 @@
 /// the Metal device, with fast math off.
 pub const METAL_SOURCE: &str = include_str!("../emilio.metal");
 
-/// The CUDA C++ source of every kernel (`emilio.cu`); with the `cuda` feature, [`PTX`] is its
+/// The CUDA C++ source of every kernel (`emilio.cu`); with the `cuda` feature, `PTX` is its
 /// build.
 pub const CUDA_SOURCE: &str = include_str!("../emilio.cu");
 
