@@ -1,37 +1,19 @@
-//! With the `cuda` feature: compiles `kernels/emilio.cu` to PTX, the way candle-kernels builds
-//! Candle's own kernels (cudaforge's `KernelBuilder`, so `NVCC`/`CUDA_HOME`, `CUDA_COMPUTE_CAP`
-//! and `NVCC_CCBIN` mean the same for both), and writes `$OUT_DIR/ptx.rs` with the PTX as
-//! `EMILIO: &str`, which `src/cuda/exec.rs` embeds. Without the feature it does nothing.
+//! Sets `cfg(emilio_metal)` where the Metal path builds: the `metal` feature on an Apple target,
+//! or anywhere under `--cfg emilio_metal_typecheck` (which `kernels/check/metal_host_typecheck.sh`
+//! passes to type-check the Metal host code on Linux; nothing it builds is linked or run). The
+//! Metal device code and the `metal_fwd` paths are gated on this one cfg.
+//!
+//! The CUDA path needs no cfg of its own: the `cuda` feature builds everywhere, and its PTX is
+//! built by the kernels crate (`kernels/build.rs`).
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
-    #[cfg(feature = "cuda")]
-    if let Err(e) = cuda::build_ptx() {
-        // cudaforge's errors name the missing tool or the nvcc diagnostics; add what to do.
-        panic!(
-            "building kernels/emilio.cu for the `cuda` feature failed: {e}\n\
-             emilio needs nvcc (CUDA 12 or 13) on PATH or in CUDA_HOME, and CUDA_COMPUTE_CAP \
-             set where nvidia-smi cannot tell the GPU (e.g. 90 for H100); \
-             see the README, \"NVIDIA GPUs (CUDA)\""
-        );
-    }
-}
-
-#[cfg(feature = "cuda")]
-mod cuda {
-    use std::path::PathBuf;
-
-    pub fn build_ptx() -> cudaforge::Result<()> {
-        let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-        let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kernels/emilio.cu");
-        let ptx = cudaforge::KernelBuilder::new()
-            .source_files(vec![source])
-            // The kernels' arithmetic is the CPU path's operation for operation: no contraction
-            // of a*b+c into one fused rounding, and no fast math (the default).
-            .arg("--fmad=false")
-            .arg("-std=c++17")
-            .arg("-O3")
-            .build_ptx()?;
-        ptx.write(out_dir.join("ptx.rs"))
+    println!("cargo::rustc-check-cfg=cfg(emilio_metal)");
+    let metal = std::env::var_os("CARGO_FEATURE_METAL").is_some();
+    let apple = std::env::var("CARGO_CFG_TARGET_VENDOR").as_deref() == Ok("apple");
+    // Cargo gives build scripts the target's cfgs, RUSTFLAGS' `--cfg` ones included.
+    let typecheck = std::env::var_os("CARGO_CFG_EMILIO_METAL_TYPECHECK").is_some();
+    if metal && (apple || typecheck) {
+        println!("cargo::rustc-cfg=emilio_metal");
     }
 }

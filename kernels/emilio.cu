@@ -1,8 +1,8 @@
 // Emilio's CUDA kernels: log-domain products a·b = s(a)·s(b)·exp(ln|a| + ln|b|).
 //
-// Compiled to PTX at build time by emilio-op's build.rs (feature `cuda`, through cudaforge, the
-// builder candle-kernels uses), embedded in the crate, and loaded through Candle's CUDA device
-// (emilio-op/src/cuda/). Build flags that the arithmetic depends on: --fmad=false (nvcc would
+// Compiled to PTX at build time by kernels/build.rs (emilio-kernels' feature `cuda`, through
+// cudaforge, the builder candle-kernels uses), embedded in that crate as `PTX`, and loaded
+// through Candle's CUDA device (emilio-op/src/cuda/). Build flags that the arithmetic depends on: --fmad=false (nvcc would
 // otherwise fuse a*b+c into one rounding where the CPU path rounds twice) and no fast math
 // (subnormals, IEEE division and conversions kept).
 //

@@ -1,11 +1,11 @@
 // Emilio's Metal kernels: log-domain products a·b = s(a)·s(b)·exp(ln|a| + ln|b|).
 //
-// Embedded in emilio-op with include_str! and compiled at run time by the Metal device
-// (emilio-op/src/metal/device.rs), with fast math OFF: the IEEE edge cases of DESIGN.md §1
-// (signed zeros, 0·inf = NaN, NaN propagation, overflow and underflow only where the true
-// product has them) depend on it.
+// Embedded by the emilio-kernels crate (METAL_SOURCE) and compiled at run time by the Metal
+// device (emilio-op/src/metal/device.rs), with fast math OFF: the IEEE edge cases of the op's
+// contract (docs/architecture.md: signed zeros, 0·inf = NaN, NaN propagation, overflow and
+// underflow only where the true product has them) depend on it.
 //
-// Kernels (the host side, emilio-op/src/metal/plan.rs, names and drives them):
+// Kernels (the host side, emilio-op/src/plan.rs, names and drives them):
 // - emilio_ln_split_{contiguous,strided}_{f32,f16,bf16}: activations → ln|x| (f32) and the sign
 //   bit as a mask (u32: 0 or 0x80000000), dense, rows along the reduction dimension k.
 // - emilio_gemv_{out}_{mag}: decode, 1 to EMILIO_GEMV_MAX_M activation rows against a log-domain
@@ -39,7 +39,8 @@ using namespace metal;
 #endif
 
 // ---- BEGIN EMILIO SHARED CONSTANTS ------------------------------------------------------------
-// One `#define EMILIO_NAME value` per line; emilio-op/src/metal/source.rs parses this block.
+// One `#define EMILIO_NAME value` per line; emilio-op/src/plan/tests/kernel_source.rs parses
+// this block.
 //
 // Sign packing (emilio-op/src/packing.rs): bit j (value 1 << j) of u32 word q of weight row o is
 // the IEEE sign bit of w[o, 32·q + j]; padding bits past `in` are zero.
@@ -76,7 +77,7 @@ using namespace metal;
 #define EMILIO_LN_SQRT_HALF_BITS 0x3f3504f3
 // 2^-126, the smallest normal f32.
 #define EMILIO_LN_TWO_POW_M126 1.1754944e-38f
-// Tiling: emilio-op/src/metal/plan.rs dispatches with the same values (a test holds them equal).
+// Tiling: emilio-op/src/plan.rs dispatches with the same values (a test holds them equal).
 #define EMILIO_GEMV_ROWS_PER_GROUP 4
 #define EMILIO_GEMV_MAX_M 4
 #define EMILIO_GEMM_BM 32

@@ -8,7 +8,7 @@
 #   cargo build --release --features cuda
 #
 #   scripts/cuda-toolkit.sh --compiler-only [PREFIX]
-#     only nvcc and the headers (about 100 MB): enough for emilio-op's tests/cuda_source.rs,
+#     only nvcc and the headers (about 100 MB): enough for kernels/check/tests/cuda_source.rs,
 #     which CI runs; not for `--features cuda`, which links Candle's CUDA libraries.
 #
 # What it installs (NVIDIA's own wheels, about 1.2 GB): nvcc, ptxas, cicc and the headers

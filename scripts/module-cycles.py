@@ -185,7 +185,7 @@ def name(mod):
 
 def main():
     crates = [pathlib.Path(a) for a in sys.argv[1:]] or sorted(
-        p.parent for p in ROOT.glob("*/src") if (p / "lib.rs").exists() or (p / "main.rs").exists()
+        p.parent for p in list(ROOT.glob("*/src")) + list(ROOT.glob("*/*/src")) if (p / "lib.rs").exists() or (p / "main.rs").exists()
     )
     crates = [c if c.name != "src" else c.parent for c in crates]
     bad = 0

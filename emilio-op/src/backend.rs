@@ -1,6 +1,8 @@
-//! What the op says on devices it has no kernel for.
+//! What the op says about devices: their names in messages, and the error on a device it has no
+//! kernel for.
 
 use candle_core::{Device, Error};
+use emilio_kernels::Backend;
 
 /// The error for running `op` on a GPU backend this build has no kernels for: emilio-op was
 /// built without the backend's feature (the only way to hold a CUDA or Metal tensor and reach
@@ -8,7 +10,8 @@ use candle_core::{Device, Error};
 ///
 /// Candle's own default ("no cuda implementation for …") does not tell the user what to do;
 /// this one names the feature to build with, or the CPU as the way out.
-pub(crate) fn unsupported(op: &str, device: &str) -> Error {
+pub(crate) fn unsupported(op: &str, backend: Backend) -> Error {
+    let device = backend.name();
     let feature = device.to_ascii_lowercase();
     Error::Msg(format!(
         "emilio-op was built without its `{feature}` feature, so {op} cannot run on a {device} \
@@ -16,11 +19,11 @@ pub(crate) fn unsupported(op: &str, device: &str) -> Error {
     ))
 }
 
-/// A short name for the device in messages.
+/// A short name for the device in messages: `cpu`, or the GPU backend's name.
 pub(crate) fn device_name(device: &Device) -> &'static str {
     match device {
         Device::Cpu => "cpu",
-        Device::Cuda(_) => "CUDA",
-        Device::Metal(_) => "Metal",
+        Device::Cuda(_) => Backend::Cuda.name(),
+        Device::Metal(_) => Backend::Metal.name(),
     }
 }

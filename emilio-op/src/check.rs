@@ -1,6 +1,6 @@
 //! Argument checks shared by the public entry points, so every message reads the same.
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, DType, Error, Result, Tensor};
 
 use crate::backend::device_name;
 
@@ -35,4 +35,13 @@ pub(crate) fn check_same(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The error for a product of two activations whose dtypes are not one float dtype the device's
+/// kernels have (`supported`, e.g. "f32, f64, f16, bf16"): the CPU kernels' and the GPU plans'
+/// own check, for callers that reach them without [`check_same`].
+pub(crate) fn mixed_dtypes(supported: &str, a: DType, b: DType) -> Error {
+    Error::Msg(format!(
+        "log_matmul supports two operands of the same float dtype ({supported}), got {a:?} and {b:?}"
+    ))
 }

@@ -77,22 +77,20 @@
 mod backend;
 mod check;
 mod cpu;
-// The GPU kernels (Metal and CUDA) run by the C++ SIMT emulator against the CPU path: tests only.
-#[cfg(test)]
-mod emulate;
 // The CUDA path: kernels/emilio.cu as PTX, launched through Candle's CUDA device.
 #[cfg(feature = "cuda")]
 mod cuda;
 mod linear;
 mod linear_op;
 mod matmul;
-// The Metal path: its kernel source, plans and their emulated tests build everywhere under
-// `cfg(test)`; the device code only with the `metal` feature on Apple targets.
-#[cfg(any(test, feature = "metal"))]
+// The Metal path: kernels/emilio.metal through Candle's Metal device (`cfg(emilio_metal)`: the
+// `metal` feature on an Apple target, see build.rs).
+#[cfg(emilio_metal)]
 mod metal;
 pub mod packing;
-// What a GPU call runs, shared by the Metal and CUDA paths (and their tests).
-#[cfg(any(test, feature = "metal", feature = "cuda"))]
+// What a GPU call runs, shared by the Metal and CUDA paths; its tests run the plans of both in
+// the C++ SIMT emulator on every platform.
+#[cfg(any(test, emilio_metal, feature = "cuda"))]
 mod plan;
 mod weight;
 

@@ -2,6 +2,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, Layout, MetalStorage, Result, Shape};
+use emilio_kernels::Backend;
 
 use crate::backend::unsupported;
 use crate::cpu::gemm::log_gemm;
@@ -81,7 +82,7 @@ impl CustomOp3 for LogLinearOp {
     ) -> Result<(CudaStorage, Shape)> {
         #[cfg(feature = "cuda")]
         {
-            let gpu = crate::plan::Gpu::Cuda;
+            let gpu = Backend::Cuda;
             let (xd, md, sd) = (x.dtype(), mags.dtype(), signs.dtype());
             let plan = crate::plan::log_linear(gpu, xd, lx, md, lm, sd, ls)?;
             Ok((
@@ -92,7 +93,7 @@ impl CustomOp3 for LogLinearOp {
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (x, lx, mags, lm, signs, ls);
-            Err(unsupported("the log-domain linear layer", "CUDA"))
+            Err(unsupported("the log-domain linear layer", Backend::Cuda))
         }
     }
 
@@ -105,12 +106,9 @@ impl CustomOp3 for LogLinearOp {
         signs: &MetalStorage,
         ls: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        #[cfg(all(
-            feature = "metal",
-            any(target_vendor = "apple", emilio_metal_typecheck)
-        ))]
+        #[cfg(emilio_metal)]
         {
-            let gpu = crate::plan::Gpu::Metal;
+            let gpu = Backend::Metal;
             let (xd, md, sd) = (x.dtype(), mags.dtype(), signs.dtype());
             let plan = crate::plan::log_linear(gpu, xd, lx, md, lm, sd, ls)?;
             Ok((
@@ -118,13 +116,10 @@ impl CustomOp3 for LogLinearOp {
                 plan.output_shape,
             ))
         }
-        #[cfg(not(all(
-            feature = "metal",
-            any(target_vendor = "apple", emilio_metal_typecheck)
-        )))]
+        #[cfg(not(emilio_metal))]
         {
             let _ = (x, lx, mags, lm, signs, ls);
-            Err(unsupported("the log-domain linear layer", "Metal"))
+            Err(unsupported("the log-domain linear layer", Backend::Metal))
         }
     }
 }

@@ -4,9 +4,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor,
 };
+use emilio_kernels::Backend;
 
 use crate::backend::unsupported;
-use crate::check::{check_float, check_same};
+use crate::check::{check_float, check_same, mixed_dtypes};
 use crate::cpu::gemm::{log_gemm, SplitColumns};
 use crate::cpu::input::Input;
 use crate::cpu::split::{ln_split, MatrixView};
@@ -36,12 +37,7 @@ impl CustomOp2 for LogMatMul {
             (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(cpu_matmul(a, l1, b, l2, (m, k, n))),
             (CpuStorage::F16(a), CpuStorage::F16(b)) => Ok(cpu_matmul(a, l1, b, l2, (m, k, n))),
             (CpuStorage::BF16(a), CpuStorage::BF16(b)) => Ok(cpu_matmul(a, l1, b, l2, (m, k, n))),
-            _ => bail!(
-                "log_matmul supports two operands of the same float dtype (f32, f64, f16, bf16), \
-                 got {:?} and {:?}",
-                s1.dtype(),
-                s2.dtype()
-            ),
+            _ => Err(mixed_dtypes("f32, f64, f16, bf16", s1.dtype(), s2.dtype())),
         }
     }
 
@@ -55,14 +51,14 @@ impl CustomOp2 for LogMatMul {
         #[cfg(feature = "cuda")]
         {
             let dims = matmul_dims(l1.dims(), l2.dims())?;
-            let (gpu, d1, d2) = (crate::plan::Gpu::Cuda, s1.dtype(), s2.dtype());
+            let (gpu, d1, d2) = (Backend::Cuda, s1.dtype(), s2.dtype());
             let plan = crate::plan::log_matmul(gpu, d1, d2, l1, l2, dims)?;
             Ok((crate::cuda::run(&plan, &[s1, s2])?, plan.output_shape))
         }
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (s1, l1, s2, l2);
-            Err(unsupported("log_matmul", "CUDA"))
+            Err(unsupported("log_matmul", Backend::Cuda))
         }
     }
 
@@ -73,23 +69,17 @@ impl CustomOp2 for LogMatMul {
         s2: &MetalStorage,
         l2: &Layout,
     ) -> Result<(MetalStorage, Shape)> {
-        #[cfg(all(
-            feature = "metal",
-            any(target_vendor = "apple", emilio_metal_typecheck)
-        ))]
+        #[cfg(emilio_metal)]
         {
             let dims = matmul_dims(l1.dims(), l2.dims())?;
-            let (gpu, d1, d2) = (crate::plan::Gpu::Metal, s1.dtype(), s2.dtype());
+            let (gpu, d1, d2) = (Backend::Metal, s1.dtype(), s2.dtype());
             let plan = crate::plan::log_matmul(gpu, d1, d2, l1, l2, dims)?;
             Ok((crate::metal::run(&plan, &[s1, s2])?, plan.output_shape))
         }
-        #[cfg(not(all(
-            feature = "metal",
-            any(target_vendor = "apple", emilio_metal_typecheck)
-        )))]
+        #[cfg(not(emilio_metal))]
         {
             let _ = (s1, l1, s2, l2);
-            Err(unsupported("log_matmul", "Metal"))
+            Err(unsupported("log_matmul", Backend::Metal))
         }
     }
 }

@@ -4,10 +4,10 @@
 //!
 //! `crate::metal::exec` encodes a [`Plan`] on a Candle Metal device, `crate::cuda::exec`
 //! launches it on a Candle CUDA device; a threadgroup there is a block, a SIMD-group a warp.
-//! The tests run the same plans through the C++ SIMT emulator (`kernels/check/emulate.cpp`,
-//! see `crate::emulate`) over both kernel sources, so the shapes, strides, offsets, dtype
-//! dispatch and kernel names are exercised on machines without a GPU; only the encoding and
-//! the launches themselves are not.
+//! The tests (`plan/tests/`) run the same plans through the C++ SIMT emulator of
+//! `kernels/check/` over both kernel sources, so the shapes, strides, offsets, dtype dispatch
+//! and kernel names are exercised on machines without a GPU; only the encoding and the
+//! launches themselves are not.
 //!
 //! Every call first splits its activations once into `ln|x|` (`f32`) and sign masks (`u32`),
 //! reading them through their layout (any strides, broadcast batch dims), into a dense buffer
@@ -19,7 +19,9 @@
 //!   split transposed (columns as `k`-runs), once for all batches when it is broadcast.
 
 use candle_core::{bail, DType, Layout, Result, Shape};
+use emilio_kernels::Backend;
 
+use crate::check::mixed_dtypes;
 use crate::packing::{sign_words_per_row, SIGN_BITS_PER_WORD};
 
 /// SIMD-group width the GEMV kernel assumes (`EMILIO_SIMD_WIDTH`): lane `j` reads sign bit `j`.
@@ -163,34 +165,16 @@ fn u32_of(what: &str, v: usize) -> Result<u32> {
     })
 }
 
-/// The GPU backend a plan is made for: the kernels are the same, some messages are not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Gpu {
-    #[cfg_attr(not(any(test, feature = "metal")), allow(dead_code))]
-    Metal,
-    #[cfg_attr(not(any(test, feature = "cuda")), allow(dead_code))]
-    Cuda,
-}
-
-impl Gpu {
-    fn name(self) -> &'static str {
-        match self {
-            Gpu::Metal => "Metal",
-            Gpu::Cuda => "CUDA",
-        }
-    }
-
-    /// Why f64 is refused.
-    fn no_f64(self) -> &'static str {
-        match self {
-            Gpu::Metal => "Apple GPUs have no f64 arithmetic",
-            Gpu::Cuda => "emilio's CUDA kernels compute in f32 (f64 runs on the CPU)",
-        }
+/// Why `gpu` refuses f64.
+fn no_f64(gpu: Backend) -> &'static str {
+    match gpu {
+        Backend::Metal => "Apple GPUs have no f64 arithmetic",
+        Backend::Cuda => "emilio's CUDA kernels compute in f32 (f64 runs on the CPU)",
     }
 }
 
 /// Kernel-name suffix of an activation dtype, or the error for one the GPU kernels cannot run.
-fn act_suffix(gpu: Gpu, op: &str, dtype: DType) -> Result<&'static str> {
+fn act_suffix(gpu: Backend, op: &str, dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
         DType::F32 => "f32",
         DType::F16 => "f16",
@@ -199,13 +183,66 @@ fn act_suffix(gpu: Gpu, op: &str, dtype: DType) -> Result<&'static str> {
             "{op} cannot run in f64 on a {} device: {}; \
              convert the input with to_dtype(DType::F32), or run on the CPU (--device cpu)",
             gpu.name(),
-            gpu.no_f64()
+            no_f64(gpu)
         ),
         other => bail!(
             "{op} needs float activations (f32, f16 or bf16 on {}), got {other:?}",
             gpu.name()
         ),
     })
+}
+
+/// Kernel-name suffix of a log-weight magnitude dtype, or the error for one no kernel reads.
+fn mag_suffix(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        other => bail!("log-weight magnitudes must be contiguous f32 or f16, got {other:?}"),
+    })
+}
+
+// The kernel families, named as both sources name them (`act`/`mag`: the suffixes above).
+
+fn split_kernel(contiguous: bool, act: &str) -> String {
+    let layout = if contiguous { "contiguous" } else { "strided" };
+    format!("emilio_ln_split_{layout}_{act}")
+}
+
+fn gemv_kernel(act: &str, mag: &str) -> String {
+    format!("emilio_gemv_{act}_{mag}")
+}
+
+fn gemm_w_kernel(act: &str, mag: &str) -> String {
+    format!("emilio_gemm_w_{act}_{mag}")
+}
+
+fn gemm_a_kernel(act: &str) -> String {
+    format!("emilio_gemm_a_{act}")
+}
+
+/// Every kernel name a plan can form: each family for each suffix [`act_suffix`] and
+/// [`mag_suffix`] give. The tests hold this to the kernels both sources define, and the CUDA
+/// source's kernels to nvcc's PTX (`kernels/check/tests/cuda_source.rs`).
+#[cfg(test)]
+pub(crate) fn kernel_names() -> Vec<String> {
+    use DType::*;
+    let dtypes = [U8, U32, I16, I32, I64, BF16, F16, F32, F64, F8E4M3];
+    let acts: Vec<&str> = dtypes
+        .iter()
+        .filter_map(|&d| act_suffix(Backend::Cuda, "", d).ok())
+        .collect();
+    let mags: Vec<&str> = dtypes.iter().filter_map(|&d| mag_suffix(d).ok()).collect();
+    let mut names = Vec::new();
+    for &act in &acts {
+        names.push(split_kernel(true, act));
+        names.push(split_kernel(false, act));
+        for &mag in &mags {
+            names.push(gemv_kernel(act, mag));
+            names.push(gemm_w_kernel(act, mag));
+        }
+        names.push(gemm_a_kernel(act));
+    }
+    names
 }
 
 impl Plan {
@@ -245,7 +282,7 @@ impl Plan {
         };
         let (kernel, args) = if view.is_contiguous() {
             (
-                format!("emilio_ln_split_contiguous_{suffix}"),
+                split_kernel(true, suffix),
                 vec![Arg::U32(count32), input, logs, masks],
             )
         } else {
@@ -254,7 +291,7 @@ impl Plan {
             let dims: Result<Vec<u32>> = to32(&view.dims, "a dimension");
             let strides: Result<Vec<u32>> = to32(&view.strides, "a stride");
             (
-                format!("emilio_ln_split_strided_{suffix}"),
+                split_kernel(false, suffix),
                 vec![
                     Arg::U32(count32),
                     Arg::U32(u32_of("a rank", view.dims.len())?),
@@ -279,7 +316,7 @@ impl Plan {
 /// The plan of `log_matmul` for operands `a` (`(…, m, k)`, layout `la`) and `b` (`(…, k, n)`,
 /// layout `lb`) of one `dtype`, whose dims the caller has checked (`crate::matmul`).
 pub(crate) fn log_matmul(
-    gpu: Gpu,
+    gpu: Backend,
     dtype: DType,
     b_dtype: DType,
     la: &Layout,
@@ -287,11 +324,8 @@ pub(crate) fn log_matmul(
     (m, k, n): (usize, usize, usize),
 ) -> Result<Plan> {
     if dtype != b_dtype {
-        bail!(
-            "log_matmul supports two operands of the same float dtype (f32, f16, bf16 on {}), \
-             got {dtype:?} and {b_dtype:?}",
-            gpu.name()
-        );
+        let supported = format!("f32, f16, bf16 on {}", gpu.name());
+        return Err(mixed_dtypes(&supported, dtype, b_dtype));
     }
     let suffix = act_suffix(gpu, "log_matmul", dtype)?;
     let rank = la.dims().len();
@@ -321,7 +355,7 @@ pub(crate) fn log_matmul(
 
     if plan.output_elems > 0 {
         plan.dispatches.push(Dispatch {
-            kernel: format!("emilio_gemm_a_{suffix}"),
+            kernel: gemm_a_kernel(suffix),
             args: vec![
                 Arg::U32(u32_of("m", m)?),
                 Arg::U32(u32_of("n", n)?),
@@ -347,7 +381,7 @@ pub(crate) fn log_matmul(
 /// log-domain weight, magnitudes `(out, in)` (`f32` or `f16`, contiguous) and packed signs
 /// `(out, ⌈in/32⌉)` (`u32`, contiguous), as [`crate::packing`] lays them out.
 pub(crate) fn log_linear(
-    gpu: Gpu,
+    gpu: Backend,
     x_dtype: DType,
     lx: &Layout,
     mag_dtype: DType,
@@ -357,11 +391,7 @@ pub(crate) fn log_linear(
 ) -> Result<Plan> {
     const OP: &str = "a log-domain linear layer";
     let (n, k) = lm.shape().dims2()?;
-    let mag = match mag_dtype {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        other => bail!("log-weight magnitudes must be contiguous f32 or f16, got {other:?}"),
-    };
+    let mag = mag_suffix(mag_dtype)?;
     if !lm.is_contiguous() {
         bail!("log-weight magnitudes must be contiguous f32 or f16, got a strided {mag_dtype:?} tensor");
     }
@@ -412,14 +442,14 @@ pub(crate) fn log_linear(
     ];
     plan.dispatches.push(if rows <= GEMV_MAX_M {
         Dispatch {
-            kernel: format!("emilio_gemv_{suffix}_{mag}"),
+            kernel: gemv_kernel(suffix, mag),
             args,
             groups: [n.div_ceil(GEMV_ROWS_PER_GROUP), 1, 1],
             threads: [GEMV_ROWS_PER_GROUP * SIMD_WIDTH, 1, 1],
         }
     } else {
         Dispatch {
-            kernel: format!("emilio_gemm_w_{suffix}_{mag}"),
+            kernel: gemm_w_kernel(suffix, mag),
             args,
             groups: [n.div_ceil(GEMM_BN), rows.div_ceil(GEMM_BM), 1],
             threads: [GEMM_THREADS, 1, 1],
@@ -427,3 +457,6 @@ pub(crate) fn log_linear(
     });
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,12 +6,12 @@
 // The two kernel sets have the same names and arguments, so one manifest format (and one
 // host-side plan, emilio-op/src/plan.rs) drives both.
 //
-// Build (emilio-op's tests do this):
+// Build (kernels/check/src/emulator.rs does this, for emilio-op's plan tests):
 //   c++ -std=c++17 -O1 -ffp-contract=off -fno-strict-aliasing -Wno-attributes -pthread
 //       [-DEMILIO_EMULATE_CUDA] [-fsanitize=address,alignment]
 //       kernels/check/emulate.cpp -o emilio-emulate
 //
-// Input: a manifest (argv[1]) in the form emilio-op/src/emulate.rs writes, one item a line:
+// Input: a manifest (argv[1]) in the form kernels/check/src/emulator.rs writes, one item a line:
 //   buffer ID BYTES PATH|-          a buffer, filled from PATH or with 0xFF bytes (NaN patterns,
 //                                   so that reading memory no kernel wrote shows up)
 //   dispatch KERNEL GX GY GZ TX TY TZ

@@ -8,7 +8,8 @@
 # - objc2-metal links the Metal framework unconditionally (error E0455 off Apple).
 # This script works on a throwaway copy of the workspace: it turns on block2's `compiler-rt`
 # runtime, patches a copy of objc2-metal so its framework link is Apple-only, and builds with
-# `--cfg emilio_metal_typecheck`, which compiles emilio-op's Apple-only Metal code on any target.
+# `--cfg emilio_metal_typecheck`, under which emilio-op's build.rs sets `cfg(emilio_metal)` (the
+# Apple-only Metal code) on any target.
 # Nothing is linked or run: it is a type check and a clippy pass, nothing more.
 #
 # Usage: kernels/check/metal_host_typecheck.sh

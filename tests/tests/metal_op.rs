@@ -6,8 +6,8 @@
 //! `cargo test -p emilio-tests --features metal --test metal_op --test metal_model`
 //!
 //! Without the feature these tests are compiled (so they keep building) and reported as ignored.
-//! The kernels' logic is also checked on every platform by emilio-op's emulator tests
-//! (`emilio-op/src/emulate.rs`); these tests are what only Apple hardware can answer: the
+//! The kernels' logic is also checked on every platform by emilio-op's emulated plan tests
+//! (`emilio-op/src/plan/tests/emulated.rs`); these tests are what only Apple hardware can answer: the
 //! Metal compiler, the GPU's arithmetic (subnormals, conversions) and the encoding.
 
 #[macro_use]

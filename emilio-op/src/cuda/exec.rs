@@ -22,11 +22,6 @@ use half::{bf16, f16};
 
 use crate::plan::{Arg, Buf, Plan};
 
-mod ptx {
-    // `pub const EMILIO: &str`, the PTX of kernels/emilio.cu (written by build.rs).
-    include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
-}
-
 /// The name of emilio's module in the device's cache of custom modules.
 const MODULE: &str = "emilio";
 
@@ -180,7 +175,7 @@ pub(crate) fn run(plan: &Plan, operands: &[&CudaStorage]) -> Result<CudaStorage>
                     }
                 })
                 .collect();
-            let func = dev.get_or_load_custom_func(&d.kernel, MODULE, ptx::EMILIO)?;
+            let func = dev.get_or_load_custom_func(&d.kernel, MODULE, emilio_kernels::PTX)?;
             let mut builder = func.builder();
             for v in &values {
                 match v {

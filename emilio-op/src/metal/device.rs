@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use candle_core::metal_backend::DeviceId;
 use candle_core::{Error, MetalDevice, Result};
 use candle_metal_kernels::metal::{ComputePipeline, Library};
+use emilio_kernels::METAL_SOURCE;
 use objc2::rc::Retained;
 use objc2_metal::{
     MTLCompileOptions, MTLComputePipelineState, MTLMathFloatingPointFunctions, MTLMathMode,
 };
 
-use super::source::SOURCE;
 use crate::plan::SIMD_WIDTH;
 
 /// The kernel library of one device and the pipelines built from it so far.
@@ -37,7 +37,7 @@ fn poisoned<T>(_: T) -> Error {
 ///
 /// Candle compiles its own kernels with fast math on (`CANDLE_METAL_ENABLE_FAST_MATH`, default
 /// true), which lets the compiler assume there are no infinities or NaNs and reassociate sums;
-/// the op's contract (DESIGN.md §1) needs both. Same availability switch as Candle's
+/// the op's contract (`docs/architecture.md`) needs both. Same availability switch as Candle's
 /// `get_compile_options`: `mathMode` from macOS 15 / iOS 18, `fastMathEnabled` before.
 fn compile_options() -> Retained<MTLCompileOptions> {
     let options = MTLCompileOptions::new();
@@ -63,7 +63,7 @@ pub(crate) fn kernels(device: &MetalDevice) -> Result<Arc<Kernels>> {
     let options = compile_options();
     let library = device
         .metal_device()
-        .new_library_with_source(SOURCE, Some(&options))
+        .new_library_with_source(METAL_SOURCE, Some(&options))
         .map_err(|e| {
             Error::Msg(format!(
                 "the Metal compiler rejected emilio's kernels (kernels/emilio.metal): {e}"
@@ -90,7 +90,7 @@ impl Kernels {
         let function = self.library.get_function(name, None).map_err(|e| {
             Error::Msg(format!(
                 "emilio's Metal library has no kernel {name} ({e}); kernels/emilio.metal and \
-                 emilio-op/src/metal/plan.rs disagree"
+                 emilio-op/src/plan.rs disagree"
             ))
         })?;
         let pipeline = device

@@ -1,9 +1,11 @@
 //! Checks of the CUDA kernel source with NVIDIA's own compiler, no GPU needed (they run in CI,
 //! which installs nvcc from PyPI with `scripts/cuda-toolkit.sh --compiler-only`):
 //!
-//! - `kernels/emilio.cu` compiles to PTX with the flags `build.rs` uses, for the oldest and the
-//!   newest architecture the project names (sm_80, sm_90), and defines every kernel the host
-//!   plans launch ([`KERNELS`]);
+//! - `kernels/emilio.cu` compiles to PTX with the flags `kernels/build.rs` uses, for the oldest
+//!   and the newest architecture the project names (sm_80, sm_90), and the PTX has an `.entry`
+//!   for every `__global__` kernel of the source ([`source::kernels`]), and no other; that
+//!   these are exactly the kernels emilio-op's plans launch is a plan test
+//!   (`emilio-op/src/plan/tests/kernel_source.rs`);
 //! - ptxas, for sm_90, gives every kernel a frame of 0 bytes and no spills: the per-row
 //!   accumulators and the GEMM tiles stay in registers and shared memory, as written;
 //! - the f16 and f32 GEMV kernels contain 16-byte global loads (`ld.global[.nc].v4`): the vectorised
@@ -11,47 +13,25 @@
 //! - the PTX contains no approximate transcendental (`ex2.approx`, `lg2.approx`): the kernels'
 //!   exp and ln are the CPU's polynomials, not the hardware's.
 //!
-//! The kernels' behaviour is tested by emilio-op's unit tests (`src/emulate.rs`), which run them
-//! compiled as C++ in a SIMT emulator. nvcc is `$NVCC`, else `nvcc` on `PATH`, else
-//! `$CUDA_HOME/bin/nvcc`; without one these tests are skipped with a note, except under
-//! `CI=true`, where they fail.
+//! The kernels' behaviour is tested by emilio-op's plan tests (`emilio-op/src/plan/tests/`),
+//! which run them compiled as C++ in the SIMT emulator (`emilio_kernels_check::emulator`). nvcc
+//! is `$NVCC`, else `nvcc` on `PATH`, else `$CUDA_HOME/bin/nvcc`; without one these tests are
+//! skipped with a note, except under `CI=true`, where they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("emilio-op lives in the workspace")
-        .to_path_buf()
+use emilio_kernels::{Backend, CUDA_SOURCE};
+use emilio_kernels_check::source;
+
+/// Every kernel of kernels/emilio.cu.
+fn kernels() -> Vec<String> {
+    let names = source::kernels(CUDA_SOURCE);
+    assert!(!names.is_empty(), "kernels/emilio.cu defines no kernel");
+    names
 }
 
-/// Every kernel `emilio-op/src/plan.rs` names, for every dtype suffix it forms.
-const KERNELS: [&str; 21] = [
-    "emilio_ln_split_contiguous_f32",
-    "emilio_ln_split_contiguous_f16",
-    "emilio_ln_split_contiguous_bf16",
-    "emilio_ln_split_strided_f32",
-    "emilio_ln_split_strided_f16",
-    "emilio_ln_split_strided_bf16",
-    "emilio_gemv_f32_f32",
-    "emilio_gemv_f32_f16",
-    "emilio_gemv_f16_f32",
-    "emilio_gemv_f16_f16",
-    "emilio_gemv_bf16_f32",
-    "emilio_gemv_bf16_f16",
-    "emilio_gemm_w_f32_f32",
-    "emilio_gemm_w_f32_f16",
-    "emilio_gemm_w_f16_f32",
-    "emilio_gemm_w_f16_f16",
-    "emilio_gemm_w_bf16_f32",
-    "emilio_gemm_w_bf16_f16",
-    "emilio_gemm_a_f32",
-    "emilio_gemm_a_f16",
-    "emilio_gemm_a_bf16",
-];
-
-/// The flags of `build.rs` that the arithmetic depends on, plus its language level.
+/// The flags of `kernels/build.rs` that the arithmetic depends on, plus its language level.
 const FLAGS: [&str; 3] = ["--fmad=false", "-std=c++17", "-O3"];
 
 fn nvcc() -> Option<PathBuf> {
@@ -70,7 +50,7 @@ fn nvcc() -> Option<PathBuf> {
         }
     }
     assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
+        !emilio_kernels_check::in_ci(),
         "no nvcc found ($NVCC, PATH, $CUDA_HOME/bin): kernels/emilio.cu cannot be checked; \
          run scripts/cuda-toolkit.sh --compiler-only and eval its --env output"
     );
@@ -83,7 +63,7 @@ fn compile(nvcc: &Path, args: &[&str], out: &Path) -> String {
     let output = Command::new(nvcc)
         .args(FLAGS)
         .args(args)
-        .arg(root().join("kernels/emilio.cu"))
+        .arg(emilio_kernels_check::source_path(Backend::Cuda))
         .arg("-o")
         .arg(out)
         .output()
@@ -117,15 +97,16 @@ fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
 }
 
 #[test]
-fn compiles_to_ptx_with_every_planned_kernel() {
+fn compiles_to_ptx_with_every_kernel_of_the_source() {
     let Some(nvcc) = nvcc() else { return };
+    let kernels = kernels();
     for arch in ["compute_80", "compute_90"] {
         let out = scratch(&format!("emilio-{arch}.ptx"));
         compile(&nvcc, &["--ptx", &format!("-arch={arch}")], &out);
         let ptx = std::fs::read_to_string(&out).unwrap();
         let entries = ptx.matches(".entry ").count();
-        assert_eq!(entries, KERNELS.len(), "{arch}: kernels in the PTX");
-        for name in KERNELS {
+        assert_eq!(entries, kernels.len(), "{arch}: kernels in the PTX");
+        for name in &kernels {
             entry(&ptx, name);
         }
         for approx in ["ex2.approx", "lg2.approx"] {
@@ -134,7 +115,7 @@ fn compiles_to_ptx_with_every_planned_kernel() {
                 "{arch}: the PTX uses {approx}; the kernels must use the CPU's exp and ln"
             );
         }
-        for name in KERNELS.iter().filter(|k| k.starts_with("emilio_gemv_")) {
+        for name in kernels.iter().filter(|k| k.starts_with("emilio_gemv_")) {
             let body = entry(&ptx, name);
             assert!(
                 body.contains("ld.global.v4.") || body.contains("ld.global.nc.v4."),
@@ -166,6 +147,6 @@ fn every_kernel_keeps_its_state_in_registers_on_sm_90() {
             );
         }
     }
-    assert_eq!(seen, KERNELS.len(), "ptxas reported:\n{report}");
+    assert_eq!(seen, kernels().len(), "ptxas reported:\n{report}");
     eprintln!("ptxas sm_90: {seen} kernels, no stack frame, no spills");
 }

@@ -5,64 +5,30 @@
 //!   the kernels may use: syntax errors, type errors, misspelt or unknown functions and wrong
 //!   argument counts fail here instead of at run time on a Mac;
 //! - the check itself rejects a source using something the stub lacks;
-//! - the sign packing the kernels are written for is `emilio_op::packing`'s.
+//! - the source's conventions the C++ checks and the plans rely on: qualified math functions,
+//!   buffers bound in parameter order.
 //!
-//! The kernels' behaviour is tested by emilio-op's unit tests (`src/emulate.rs`), which
-//! run them in a SIMT emulator built from the same two files.
+//! The kernels' behaviour is tested by emilio-op's plan tests (`emilio-op/src/plan/tests/`),
+//! which run them in the SIMT emulator built from the same two files (`emilio_kernels_check::
+//! emulator`); that the sign packing and constants are emilio-op's is checked there too.
 //!
-//! The C++ compiler is `$CXX`, else `c++`, `g++` or `clang++`, the first found. Without one the
+//! Every C++ compiler found ([`emilio_kernels_check::cxx::compilers`]) is tried. Without one the
 //! tests are skipped with a note, except under `CI=true`, where they fail.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("emilio-op lives in the workspace")
-        .to_path_buf()
-}
+use emilio_kernels::{Backend, METAL_SOURCE};
+use emilio_kernels_check::cxx;
 
-/// Every available C++ compiler, `$CXX` first.
-fn compilers() -> Vec<String> {
-    let mut found: Vec<String> = Vec::new();
-    let candidates = std::env::var("CXX")
-        .ok()
-        .into_iter()
-        .chain(["c++", "g++", "clang++"].map(String::from));
-    for c in candidates {
-        let works = Command::new(&c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if works && !found.contains(&c) {
-            found.push(c);
-        }
-    }
-    if found.is_empty() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "no C++ compiler found (tried $CXX, c++, g++, clang++): kernels/emilio.metal \
-             cannot be checked; install g++"
-        );
-        eprintln!("note: no C++ compiler found; skipping the Metal source checks");
-    }
-    found
-}
-
-fn is_clang(cxx: &str) -> bool {
-    Command::new(cxx)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("clang"))
-}
+const WHAT: &str = "kernels/emilio.metal";
 
 /// `cxx -fsyntax-only` over `source` with the stub; returns (success, diagnostics).
 fn syntax_check(cxx: &str, source: &Path) -> (bool, String) {
-    let stub = root().join("kernels/check/metal_stdlib_stub.h");
+    let stub = emilio_kernels_check::stub_path(Backend::Metal);
     // Metal attributes ([[buffer(0)]], [[thread_position_in_grid]]) are unknown to C++
     // compilers, which ignore them; everything else warns as an error.
-    let unknown_attributes = if is_clang(cxx) {
+    let unknown_attributes = if cxx::is_clang(cxx) {
         "-Wno-unknown-attributes"
     } else {
         "-Wno-attributes"
@@ -82,8 +48,8 @@ fn syntax_check(cxx: &str, source: &Path) -> (bool, String) {
 
 #[test]
 fn kernel_source_compiles_as_cpp_against_the_metal_stub() {
-    let source = root().join("kernels/emilio.metal");
-    for cxx in compilers() {
+    let source = emilio_kernels_check::source_path(Backend::Metal);
+    for cxx in cxx::compilers(WHAT) {
         let (ok, diagnostics) = syntax_check(&cxx, &source);
         assert!(
             ok,
@@ -98,7 +64,7 @@ fn kernel_source_compiles_as_cpp_against_the_metal_stub() {
 fn the_check_rejects_what_the_stub_does_not_define() {
     // A kernel source calling a function the stub lacks (here metal::precise::exp, which the
     // kernels deliberately do not use) or with a type error must fail the check.
-    let original = std::fs::read_to_string(root().join("kernels/emilio.metal")).unwrap();
+    let original = METAL_SOURCE;
     let dir = std::env::temp_dir().join(format!("emilio-metal-source-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let broken = [
@@ -118,7 +84,7 @@ fn the_check_rejects_what_the_stub_does_not_define() {
             "emilio_split_store(IO::load(src[i]), i, logs);",
         ),
     ];
-    for cxx in compilers() {
+    for cxx in cxx::compilers(WHAT) {
         for (what, from, to) in broken {
             assert!(
                 original.contains(from),
@@ -136,26 +102,49 @@ fn the_check_rejects_what_the_stub_does_not_define() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `fma`, `min` and `max` are called as `metal::…`: macOS's libc++ also declares float
+/// overloads of C's `fma` in the global namespace, which would make an unqualified call
+/// ambiguous in the C++ check and the emulator there (Metal itself accepts both).
 #[test]
-fn kernels_pack_signs_as_emilio_op_packing_does() {
-    let source = std::fs::read_to_string(root().join("kernels/emilio.metal")).unwrap();
-    let value = source
-        .lines()
-        .find_map(|l| l.strip_prefix("#define EMILIO_SIGN_BITS_PER_WORD "))
-        .expect("EMILIO_SIGN_BITS_PER_WORD in kernels/emilio.metal");
-    assert_eq!(
-        value.trim().parse::<usize>().unwrap(),
-        emilio_op::packing::SIGN_BITS_PER_WORD
-    );
-    // Lane j of a SIMD-group reads bit j of the word (packing.rs: "lane j ... (word >> j) & 1").
-    assert!(source.contains("#define EMILIO_SIGN_BIT(WORD, J) (((WORD) >> (J)) & 1u)"));
-    let mut words = [0u32; 2];
-    emilio_op::packing::pack_sign_row((0..40).map(|k| k % 3 == 0), &mut words);
-    for k in 0..40 {
-        assert_eq!(
-            (words[k / 32] >> (k % 32)) & 1,
-            (k % 3 == 0) as u32,
-            "element {k}"
-        );
+fn math_functions_are_qualified() {
+    const SOURCE: &str = METAL_SOURCE;
+    for name in ["fma(", "min(", "max("] {
+        for (at, _) in SOURCE.match_indices(name) {
+            let before = &SOURCE[..at];
+            let qualified = before.ends_with("metal::");
+            let part_of_word = before
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_');
+            let line = SOURCE[..at].lines().count();
+            assert!(
+                qualified || part_of_word,
+                "kernels/emilio.metal line {line}: call metal::{name}…) qualified"
+            );
+        }
     }
+}
+
+/// Every kernel binds its arguments at `[[buffer(0)]]`, `[[buffer(1)]]`, … in the order of
+/// its parameters: the plans give arguments by position.
+#[test]
+fn kernel_arguments_are_bound_in_parameter_order() {
+    let mut kernels = 0;
+    for part in METAL_SOURCE.split("kernel void ").skip(1) {
+        let body = &part[..part.find('{').expect("kernel body")];
+        let name = body.split('(').next().unwrap().trim();
+        let mut next = 0;
+        let mut rest = body;
+        while let Some(at) = rest.find("[[buffer(") {
+            rest = &rest[at + "[[buffer(".len()..];
+            let index: usize = rest[..rest.find(')').unwrap()].parse().unwrap();
+            assert_eq!(index, next, "{name}: buffer indices must run 0, 1, 2, …");
+            next += 1;
+        }
+        assert!(next > 0, "{name} binds no buffer");
+        kernels += 1;
+    }
+    // The five kernel macros: contiguous and strided split, GEMV, GEMM against weights,
+    // GEMM of activations (instantiated per dtype).
+    assert_eq!(kernels, 5, "kernel definitions in the source");
 }
