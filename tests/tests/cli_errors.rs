@@ -264,6 +264,38 @@ fn top_p_out_of_range() {
     generate(&sb, s(&dir), &["--top-p", "1e-9", "--max-tokens", "2"]).ok();
 }
 
+/// `bench model` measures rates: zero tokens would be a 0/0 ratio ("NaNx"), so it is refused
+/// by name before anything loads; one token of each is the smallest measurement.
+#[test]
+fn bench_model_needs_tokens_to_time() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    for flag in ["--decode-tokens", "--prompt-tokens"] {
+        sb.run(["bench", "model", "--model", s(&dir), flag, "0"])
+            .fails_with(&[flag, "at least 1"]);
+    }
+    let out = sb
+        .run([
+            "bench",
+            "model",
+            "--model",
+            s(&dir),
+            "--decode-tokens",
+            "1",
+            "--prompt-tokens",
+            "1",
+            "--reps",
+            "1",
+            "--json",
+        ])
+        .ok();
+    let v: Value = serde_json::from_str(&out.stdout).expect("bench model --json prints JSON");
+    for key in ["prefill_ratio", "decode_ratio"] {
+        let r = v[key].as_f64().unwrap_or(f64::NAN);
+        assert!(r.is_finite() && r > 0.0, "{key} = {r} in {}", out.stdout);
+    }
+}
+
 #[test]
 fn negative_temperature_with_equals() {
     let sb = Sandbox::new();

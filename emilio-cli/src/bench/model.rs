@@ -53,9 +53,11 @@ pub fn run(args: &BenchModelArgs) -> Result<()> {
     let files = source::resolve(&args.model.model, &args.model.revision)?;
     let cfg = files.checkpoint.config.clone();
     let needed = args.prompt_tokens + args.decode_tokens;
-    if args.prompt_tokens == 0 || needed > cfg.max_position_embeddings {
+    // Both rates need something to time: zero tokens would be a 0/0 ratio ("NaNx").
+    if args.prompt_tokens == 0 || args.decode_tokens == 0 || needed > cfg.max_position_embeddings {
         anyhow::bail!(
-            "--prompt-tokens {} + --decode-tokens {} must be between 1 and the model's context of {}",
+            "--prompt-tokens {} and --decode-tokens {} must each be at least 1, and together at \
+             most the model's context of {}",
             args.prompt_tokens,
             args.decode_tokens,
             cfg.max_position_embeddings
