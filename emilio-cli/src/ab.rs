@@ -11,11 +11,11 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use emilio_qwen::compare::{argmax, kl_divergence, max_rel_err};
-use emilio_qwen::generation::{stop_ids, Generator, Recorder, Timings};
+use emilio_qwen::generation::{Generator, Recorder, Timings};
 
 use crate::cli::{AbArgs, Backend};
 use crate::generate::{encode_prompt, fit_context};
-use crate::runner::Runner;
+use crate::runner::{Load, Runner};
 use crate::{device, source};
 
 /// How closely two logit vectors agree at one position.
@@ -128,12 +128,19 @@ fn decode(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
 
 pub fn run(args: &AbArgs) -> Result<()> {
     let device = device::open(args.model.device)?;
-    let files = source::resolve(&args.model.model, &args.model.revision)?;
+    let files = source::resolve(
+        &args.model.model,
+        &args.model.revision,
+        args.model.gguf.as_deref(),
+    )?;
     let tokenizer = files.tokenizer()?;
     let prompt = encode_prompt(&tokenizer, &args.prompt)?;
-    let max_pos = files.checkpoint.config.max_position_embeddings;
-    let n = fit_context(prompt.len(), args.max_tokens, max_pos)?.max(1);
-    let stops = stop_ids(&tokenizer);
+    let n = fit_context(prompt.len(), args.max_tokens, files.max_positions())?.max(1);
+    // `--no-stop`: a fixed number of compared positions, past any end of the reply.
+    let stops = match args.no_stop {
+        true => Vec::new(),
+        false => files.stop_tokens(&tokenizer)?,
+    };
     let format = args.model.weight_format;
     let dtype = args.model.dtype.dtype();
 
@@ -182,8 +189,8 @@ pub fn run(args: &AbArgs) -> Result<()> {
         .position(|(a, b)| a != b)
         .or((stock_run.tokens.len() != own.tokens.len())
             .then(|| stock_run.tokens.len().min(own.tokens.len())));
-    let speed = |r: &Run, load: std::time::Duration| Speed {
-        load_secs: load.as_secs_f64(),
+    let speed = |r: &Run, load: Load| Speed {
+        load_secs: load.time.as_secs_f64(),
         prefill_tok_s: r.timings.prefill_tok_s(),
         decode_tok_s: r.timings.decode_tok_s(),
     };

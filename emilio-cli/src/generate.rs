@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::{anyhow, bail, Result};
-use emilio_qwen::generation::{sampling, stop_ids, Generator, Sampled};
+use emilio_qwen::generation::{sampling, Generator, Sampled};
 use tokenizers::Tokenizer;
 
 use crate::cli::{GenerateArgs, PromptArgs};
@@ -13,23 +13,26 @@ use crate::{device, source};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = device::open(args.model.device)?;
-    let files = source::resolve(&args.model.model, &args.model.revision)?;
+    let files = source::resolve(
+        &args.model.model,
+        &args.model.revision,
+        args.model.gguf.as_deref(),
+    )?;
     let tokenizer = files.tokenizer()?;
     let prompt = encode_prompt(&tokenizer, &args.prompt)?;
-    let max_pos = files.checkpoint.config.max_position_embeddings;
-    let max_tokens = fit_context(prompt.len(), args.max_tokens, max_pos)?;
-    let (mut model, load_time) = Runner::load(
+    let stops = files.stop_tokens(&tokenizer)?;
+    let (mut model, load) = Runner::load(
         &files,
         args.backend,
         args.model.weight_format,
         args.model.dtype.dtype(),
         &device,
     )?;
+    let max_tokens = fit_context(prompt.len(), args.max_tokens, model.max_positions(&files))?;
 
     let sampler = Sampled::new(args.seed, sampling(args.temperature, args.top_p))
         .with_repeat_penalty(args.repeat_penalty, args.repeat_last_n);
-    let mut generator =
-        Generator::new(&mut model, sampler, &device).with_stop_tokens(stop_ids(&tokenizer));
+    let mut generator = Generator::new(&mut model, sampler, &device).with_stop_tokens(stops);
     let mut stream = TextStream::new(&tokenizer);
     let mut out = std::io::stdout().lock();
     let generated = generator.run(&prompt, max_tokens, |token| -> Result<()> {
@@ -45,12 +48,16 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     writeln!(out)?;
     let t = &generated.timings;
     eprintln!(
-        "{} backend: loaded in {:.2}s; prefill {} tokens at {:.1} tok/s; decode {} tokens at {:.1} tok/s",
+        "{} backend: loaded in {:.2}s{}; prefill {} tokens at {:.1} tok/s; decode {} tokens at {:.1} tok/s",
         match args.backend {
             crate::cli::Backend::Emilio => format!("emilio ({})", args.model.weight_format),
-            crate::cli::Backend::Stock => "stock".to_string(),
+            other => other.name(),
         },
-        load_time.as_secs_f64(),
+        load.time.as_secs_f64(),
+        load.memory.map_or(String::new(), |m| format!(
+            " (peak memory +{:.0} MB)",
+            m.peak_growth_bytes() as f64 / 1e6
+        )),
         t.prefill_tokens,
         t.prefill_tok_s(),
         t.decode.len(),

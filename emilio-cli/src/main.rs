@@ -8,6 +8,7 @@ mod bench;
 mod cli;
 mod device;
 mod generate;
+mod memory;
 mod runner;
 mod source;
 mod stream;

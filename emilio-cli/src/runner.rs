@@ -1,21 +1,31 @@
-//! Either backend behind one type the generation engine runs, and the timing of a load.
+//! Every backend behind one type the generation engine runs, and what a load costs.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::qwen2 as stock;
 use emilio_op::WeightFormat;
 use emilio_qwen::generation::CausalLM;
+use emilio_qwen::reference::{QuantizedModel, StockModel};
 use emilio_qwen::Options;
 
 use crate::cli::Backend;
+use crate::memory::LoadMemory;
 use crate::source::ModelFiles;
 
-/// A loaded causal LM of either backend.
+/// A loaded causal LM of any backend.
 pub enum Runner {
     Emilio(emilio_qwen::ModelForCausalLM),
-    Stock(stock::ModelForCausalLM),
+    Stock(StockModel),
+    StockQuantized(QuantizedModel),
+}
+
+/// What loading a backend took.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub time: Duration,
+    /// Resident memory around the load (Linux only).
+    pub memory: Option<LoadMemory>,
 }
 
 impl Runner {
@@ -26,37 +36,60 @@ impl Runner {
         format: WeightFormat,
         dtype: DType,
         device: &Device,
-    ) -> Result<(Self, Duration)> {
+    ) -> Result<(Self, Load)> {
         let start = Instant::now();
         let ckpt = &files.checkpoint;
-        let runner = match backend {
-            Backend::Emilio => Runner::Emilio(
-                ckpt.load(dtype, device, &Options::new(format))
-                    .with_context(|| load_context(files, "emilio"))?,
-            ),
-            Backend::Stock => Runner::Stock(
-                ckpt.load_stock(dtype, device)
-                    .with_context(|| load_context(files, "stock"))?,
-            ),
+        let (runner, memory) = LoadMemory::measure(|| -> Result<Runner> {
+            Ok(match backend {
+                Backend::Emilio => Runner::Emilio(
+                    ckpt.load(dtype, device, &Options::new(format))
+                        .with_context(|| load_context(files, "emilio"))?,
+                ),
+                Backend::Stock => Runner::Stock(
+                    ckpt.load_stock(dtype, device)
+                        .with_context(|| load_context(files, "stock"))?,
+                ),
+                Backend::StockQuantized => {
+                    let Some(gguf) = &ckpt.gguf else {
+                        bail!(
+                            "--backend stock-quantized runs Candle's quantized model on a GGUF \
+                             file, and {} is not one: pass --model FILE.gguf (or --model \
+                             ORG/NAME --gguf FILE.gguf)",
+                            files.label
+                        )
+                    };
+                    Runner::StockQuantized(
+                        QuantizedModel::load(gguf.path(), gguf.architecture(), device)
+                            .with_context(|| load_context(files, "stock-quantized"))?,
+                    )
+                }
+            })
+        })?;
+        let load = Load {
+            time: start.elapsed(),
+            memory,
         };
-        Ok((runner, start.elapsed()))
+        Ok((runner, load))
     }
 
-    /// Bytes of log-domain weights (magnitudes and sign words), for the emilio backend.
-    pub fn log_weight_bytes(&self) -> Option<usize> {
+    /// The longest context this backend runs for the model: the model's own, or less where the
+    /// backend's tables are shorter (Candle's quantized Llama: 4096 positions).
+    pub fn max_positions(&self, files: &ModelFiles) -> usize {
+        let cfg = &files.checkpoint.config;
         match self {
-            Runner::Emilio(m) => Some(m.log_weight_bytes()),
-            Runner::Stock(_) => None,
+            Runner::StockQuantized(m) => m.max_positions(cfg),
+            _ => cfg.max_position_embeddings,
         }
     }
 }
 
-/// Either backend, for the generation engine.
+/// Every backend, for the generation engine.
 impl CausalLM for Runner {
     fn forward(&mut self, ids: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
         match self {
             Runner::Emilio(m) => m.forward(ids, offset),
             Runner::Stock(m) => m.forward(ids, offset),
+            Runner::StockQuantized(m) => m.forward(ids, offset),
         }
     }
 
@@ -64,6 +97,7 @@ impl CausalLM for Runner {
         match self {
             Runner::Emilio(m) => m.clear_kv_cache(),
             Runner::Stock(m) => m.clear_kv_cache(),
+            Runner::StockQuantized(m) => m.clear_kv_cache(),
         }
     }
 }

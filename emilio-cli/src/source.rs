@@ -1,10 +1,13 @@
-//! Where a model comes from: a local checkpoint directory or a Hugging Face model ID.
+//! Where a model comes from: a local checkpoint directory, a local GGUF file, or the Hugging
+//! Face hub (a model ID, or one GGUF file of a repository with `--gguf`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use emilio_qwen::generation::stop_ids;
 use emilio_qwen::loading::{
-    read_index, Checkpoint, CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
+    read_index, Checkpoint, CONFIG_FILE, GENERATION_CONFIG_FILE, INDEX_FILE, TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE, WEIGHTS_FILE,
 };
 use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::{Repo, RepoType};
@@ -14,47 +17,120 @@ use tokenizers::Tokenizer;
 pub struct ModelFiles {
     /// Configuration and weights.
     pub checkpoint: Checkpoint,
-    /// `tokenizer.json`.
-    pub tokenizer_path: PathBuf,
+    /// `tokenizer.json`; `None` for a GGUF file without one beside it (its metadata has one).
+    pub tokenizer_path: Option<PathBuf>,
+    /// `tokenizer_config.json` (the chat template), when the model has one.
+    pub tokenizer_config_path: Option<PathBuf>,
     /// What the user named, for messages.
     pub label: String,
 }
 
 impl ModelFiles {
-    /// The tokenizer, or an error naming its file.
+    /// The tokenizer: `tokenizer.json`, else the one a GGUF file's metadata describes; errors
+    /// name the file.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
-        Tokenizer::from_file(&self.tokenizer_path).map_err(|e| {
-            anyhow!(
-                "cannot read tokenizer {}: {e}",
-                self.tokenizer_path.display()
-            )
+        if let Some(path) = &self.tokenizer_path {
+            return Tokenizer::from_file(path)
+                .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()));
+        }
+        match &self.checkpoint.gguf {
+            Some(gguf) => bail!("MERGE-TODO tokenizer of {}", gguf.path().display()),
+            None => bail!("{} has no tokenizer", self.label),
+        }
+    }
+
+    /// The ids generation stops at: the files' end-of-sequence ids
+    /// ([`Checkpoint::stop_token_ids`]), else those of the standard stop tokens the tokenizer
+    /// has.
+    pub fn stop_tokens(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+        let ids = self.checkpoint.stop_token_ids()?;
+        Ok(if ids.is_empty() {
+            stop_ids(tokenizer)
+        } else {
+            ids
         })
+    }
+
+    /// The model's context: positions it has rotary tables for.
+    pub fn max_positions(&self) -> usize {
+        self.checkpoint.config.max_position_embeddings
     }
 }
 
-/// Resolves `--model`: an existing directory is a local checkpoint; anything shaped like
-/// `owner/name` is fetched from the Hugging Face hub (or found in its cache).
-pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles> {
+/// Resolves `--model` (and `--gguf`):
+/// - a `.gguf` file (or any GGUF file) is loaded as one;
+/// - an existing directory is a checkpoint directory, or with `--gguf NAME` the GGUF file in it;
+/// - anything shaped like `owner/name` is fetched from the Hugging Face hub (or found in its
+///   cache): the safetensors checkpoint, or with `--gguf FILE` that one GGUF file.
+pub fn resolve(model: &str, revision: &str, gguf: Option<&str>) -> Result<ModelFiles> {
     let path = Path::new(model);
-    if path.is_dir() {
-        return local(path);
-    }
-    if path.exists() {
+    if path.is_file() {
+        if let Some(file) = gguf {
+            bail!("--model {model} is a file, so --gguf {file} has nothing to pick from: pass one of them")
+        }
+        if is_gguf(path)? {
+            return local_gguf(path);
+        }
         bail!(
-            "--model {model} is a file; pass the checkpoint directory that holds \
-             {CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE}"
+            "--model {model} is a file but not a GGUF file; pass a GGUF file, or the checkpoint \
+             directory that holds {CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE}"
         )
+    }
+    if path.is_dir() {
+        return match gguf {
+            Some(file) => {
+                let file = path.join(file);
+                if !file.is_file() {
+                    bail!("--gguf: {} does not exist", file.display())
+                }
+                local_gguf(&file)
+            }
+            None => local(path),
+        };
     }
     if !looks_like_hub_id(model) {
         bail!(
-            "--model {model}: no such directory, and not a Hugging Face model ID (owner/name). \
-             Make an offline checkpoint with `emilio synth --out DIR` and pass --model DIR"
+            "--model {model}: no such file or directory, and not a Hugging Face model ID \
+             (owner/name). Make an offline checkpoint with `emilio synth --out DIR` and pass \
+             --model DIR"
         )
     }
-    hub(model, revision)
+    match gguf {
+        Some(file) => hub_gguf(model, revision, file),
+        None => hub(model, revision),
+    }
+}
+
+/// Whether `path` starts with GGUF's magic bytes.
+fn is_gguf(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(f.read_exact(&mut magic).is_ok() && &magic == b"GGUF")
 }
 
 fn local(dir: &Path) -> Result<ModelFiles> {
+    if !dir.join(CONFIG_FILE).is_file() {
+        let ggufs: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".gguf"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ggufs.is_empty() {
+            bail!(
+                "{} has no {CONFIG_FILE} but GGUF files ({}): pass one with --model {}/FILE.gguf \
+                 or --gguf FILE.gguf",
+                dir.display(),
+                ggufs.join(", "),
+                dir.display()
+            )
+        }
+    }
     let checkpoint = Checkpoint::from_dir(dir)?;
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     if !tokenizer_path.is_file() {
@@ -66,8 +142,23 @@ fn local(dir: &Path) -> Result<ModelFiles> {
     }
     Ok(ModelFiles {
         checkpoint,
-        tokenizer_path,
+        tokenizer_path: Some(tokenizer_path),
+        tokenizer_config_path: Some(dir.join(TOKENIZER_CONFIG_FILE)).filter(|p| p.is_file()),
         label: dir.display().to_string(),
+    })
+}
+
+/// A GGUF file, with `tokenizer.json` / `tokenizer_config.json` beside it when they are there.
+fn local_gguf(path: &Path) -> Result<ModelFiles> {
+    let checkpoint = Checkpoint::from_gguf(path)?;
+    let beside = |name: &str| {
+        Some(path.parent().unwrap_or(Path::new(".")).join(name)).filter(|p| p.is_file())
+    };
+    Ok(ModelFiles {
+        checkpoint,
+        tokenizer_path: beside(TOKENIZER_FILE),
+        tokenizer_config_path: beside(TOKENIZER_CONFIG_FILE),
+        label: path.display().to_string(),
     })
 }
 
@@ -83,7 +174,7 @@ fn looks_like_hub_id(s: &str) -> bool {
         })
 }
 
-fn hub(model_id: &str, revision: &str) -> Result<ModelFiles> {
+fn hub_repo(model_id: &str, revision: &str) -> Result<ApiRepo> {
     let mut builder = ApiBuilder::from_env().with_progress(true);
     if let Ok(token) = std::env::var("HF_TOKEN") {
         builder = builder.with_token(Some(token));
@@ -91,14 +182,21 @@ fn hub(model_id: &str, revision: &str) -> Result<ModelFiles> {
     let api = builder
         .build()
         .context("setting up the Hugging Face hub client")?;
-    let repo = api.repo(Repo::with_revision(
+    Ok(api.repo(Repo::with_revision(
         model_id.to_string(),
         RepoType::Model,
         revision.to_string(),
-    ));
+    )))
+}
+
+fn hub(model_id: &str, revision: &str) -> Result<ModelFiles> {
+    let repo = hub_repo(model_id, revision)?;
     let fetch = |file: &str| fetch(&repo, model_id, revision, file);
     let config_path = fetch(CONFIG_FILE)?;
     let tokenizer_path = fetch(TOKENIZER_FILE)?;
+    // Optional: the chat template and the stop ids (a base model may have neither).
+    let tokenizer_config_path = fetch(TOKENIZER_CONFIG_FILE).ok();
+    let _ = fetch(GENERATION_CONFIG_FILE);
     let weight_files = match fetch(WEIGHTS_FILE) {
         Ok(single) => vec![single],
         Err(single_err) => {
@@ -120,9 +218,23 @@ fn hub(model_id: &str, revision: &str) -> Result<ModelFiles> {
     let checkpoint = Checkpoint::from_files(&config_path, &weight_files)?;
     Ok(ModelFiles {
         checkpoint,
-        tokenizer_path,
+        tokenizer_path: Some(tokenizer_path),
+        tokenizer_config_path,
         label: format!("{model_id}@{revision}"),
     })
+}
+
+/// One GGUF file of a hub repository (`Qwen/Qwen2.5-0.5B-Instruct-GGUF` with
+/// `qwen2.5-0.5b-instruct-q8_0.gguf`): the file alone holds the model, tokenizer and template.
+fn hub_gguf(model_id: &str, revision: &str, file: &str) -> Result<ModelFiles> {
+    if !file.ends_with(".gguf") {
+        bail!("--gguf {file}: expected the name of a .gguf file in {model_id}")
+    }
+    let repo = hub_repo(model_id, revision)?;
+    let path = fetch(&repo, model_id, revision, file)?;
+    let mut files = local_gguf(&path)?;
+    files.label = format!("{model_id}@{revision}/{file}");
+    Ok(files)
 }
 
 /// One file from the hub (or its cache), with an error a user can act on.

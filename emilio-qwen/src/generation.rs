@@ -3,7 +3,8 @@
 //!
 //! [`Generator`] plays the part of the `TextGeneration` struct of Candle's examples, without the
 //! tokenizer, so the same loop serves streaming text, A/B comparisons, benchmarks and evaluation:
-//! - it drives any [`CausalLM`]: this crate's model and stock Candle's `qwen2`;
+//! - it drives any [`CausalLM`]: this crate's model and the stock references of
+//!   [`crate::reference`] (Candle's `qwen2`, `llama` and their quantized versions);
 //! - a [`Sampler`] chooses each token from the logits of the last position: [`Greedy`],
 //!   [`Sampled`] (Candle's seeded temperature / top-p sampling with a repeat penalty), or
 //!   [`Recorder`], which keeps every step's logits and can teacher-force given tokens;

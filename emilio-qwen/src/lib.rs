@@ -1,4 +1,4 @@
-//! Qwen2 in which every linear layer and both attention products run through
+//! Qwen2 and Llama in which every linear layer and both attention products run through
 //! [`emilio_op`]'s log-domain matmul.
 //!
 //! - [`ModelForCausalLM`] / [`Model`]: a fork of `candle_transformers::models::qwen2` with the
@@ -6,10 +6,13 @@
 //!   and `lm_head` are [`emilio_op::LogLinear`]; `Q·Kᵀ` and `softmax·V` are
 //!   [`emilio_op::log_matmul`]. Rotary embedding, RMSNorm, GQA (`repeat_kv`), the causal mask,
 //!   the KV cache and tied embeddings are stock's, so an A/B against stock measures the log
-//!   domain alone. [`Options`] picks the [`WeightFormat`].
-//! - [`Config`] is stock's type, so every Qwen2/Qwen2.5 `config.json` deserialises.
-//! - [`loading`]: a checkpoint directory (`model.safetensors` or a sharded index), memory-mapped
-//!   and converted layer by layer, with clear errors; also builds stock's model for A/B runs.
+//!   domain alone. Llama is the same model without the q/k/v biases (and with Llama 3's rotary
+//!   scaling). [`Options`] picks the [`WeightFormat`].
+//! - [`Config`] (module [`config`]): stock `qwen2::Config`'s fields plus the [`Architecture`],
+//!   read from a Qwen2 or Llama `config.json` or from GGUF metadata.
+//! - [`loading`]: a checkpoint directory (`model.safetensors` or a sharded index, memory-mapped)
+//!   or a GGUF file ([`gguf`], dequantized tensor by tensor), converted layer by layer, with
+//!   clear errors; also builds stock's model for A/B runs ([`reference`]).
 //! - [`synthetic`]: seeded offline checkpoints (config, weights, tokenizer) at preset sizes.
 //! - [`generation`]: the generation engine every command runs (prefill, decode steps, stop
 //!   tokens, sampling, timings), over this model or stock's.
@@ -32,10 +35,14 @@
 #![warn(missing_docs)]
 
 pub mod compare;
+pub mod config;
 pub mod generation;
+pub mod gguf;
 pub mod loading;
 mod model;
+pub mod reference;
 pub mod synthetic;
 
+pub use config::{Architecture, Config};
 pub use emilio_op::WeightFormat;
-pub use model::{Config, Model, ModelForCausalLM, Options};
+pub use model::{Model, ModelForCausalLM, Options};

@@ -1,10 +1,12 @@
-//! Loading Qwen2/Qwen2.5 checkpoints as users have them: a directory with `config.json` and
-//! either one `model.safetensors` or a sharded `model.safetensors.index.json`.
+//! Loading Qwen2 and Llama checkpoints as users have them: a directory with `config.json` and
+//! either one `model.safetensors` or a sharded `model.safetensors.index.json`, or one GGUF file
+//! (`crate::gguf`).
 //!
-//! The weight files are memory-mapped and each linear layer converts its weight to the log
-//! domain as the model is built, layer by layer, dropping the plain tensor right away: the
-//! process never holds all plain weights at once, so peak memory stays near the size of the
-//! converted model (plus the file pages the kernel maps in while reading).
+//! Safetensors files are memory-mapped; GGUF tensors are read and dequantized one at a time.
+//! Either way each linear layer converts its weight to the log domain as the model is built,
+//! layer by layer, dropping the plain tensor right away: the process never holds all plain
+//! weights at once, so peak memory stays near the size of the converted model plus one tensor
+//! in f32 (plus, for safetensors, the file pages the kernel maps in while reading).
 //!
 //! ```
 //! use candle_core::{DType, Device};
@@ -25,12 +27,17 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use candle_core::{bail, DType, Device, Error, Result};
+use candle_core::{bail, DType, Device, Result};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-use crate::model::{Config, ModelForCausalLM, Options};
+pub use crate::config::read_config;
+use crate::config::{read_json, Config};
+use crate::gguf::GgufFile;
+use crate::model::{ModelForCausalLM, Options};
+use crate::reference::StockModel;
 
 /// The configuration file of a checkpoint directory.
 pub const CONFIG_FILE: &str = "config.json";
@@ -40,18 +47,24 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// The tokenizer file of a checkpoint directory (not needed to build the model).
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The tokenizer's settings, with the chat template.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// Generation defaults, with the end-of-sequence ids.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
 /// A checkpoint located on disk: its parsed configuration and its weight files.
 ///
 /// Nothing is mapped or converted until [`Checkpoint::load`] (or [`Checkpoint::load_stock`]).
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
-    /// The parsed `config.json` (checked to describe a Qwen2 model).
+    /// The configuration (from `config.json`, or a GGUF file's metadata), checked.
     pub config: Config,
-    /// Where the configuration was read from.
+    /// Where the configuration was read from (`config.json`, or the GGUF file).
     pub config_path: PathBuf,
-    /// The safetensors files holding the weights (one, or every shard of the index).
+    /// The files holding the weights: every safetensors shard, or the one GGUF file.
     pub weight_files: Vec<PathBuf>,
+    /// The GGUF file's header, when the weights are a GGUF file.
+    pub gguf: Option<Arc<GgufFile>>,
 }
 
 impl Checkpoint {
@@ -69,6 +82,20 @@ impl Checkpoint {
             config,
             config_path,
             weight_files,
+            gguf: None,
+        })
+    }
+
+    /// A GGUF file: the configuration from its metadata, the weights from its tensors.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = GgufFile::open(path)?;
+        let config = file.config()?;
+        Ok(Self {
+            config,
+            config_path: path.to_path_buf(),
+            weight_files: vec![path.to_path_buf()],
+            gguf: Some(Arc::new(file)),
         })
     }
 
@@ -87,12 +114,17 @@ impl Checkpoint {
             config,
             config_path,
             weight_files: weight_files.to_vec(),
+            gguf: None,
         })
     }
 
-    /// A `VarBuilder` over the memory-mapped weight files, producing tensors of `dtype` on
-    /// `device`. Tensors are read (and converted) one at a time, as the model asks for them.
+    /// A `VarBuilder` over the weight files (memory-mapped safetensors, or the GGUF file),
+    /// producing tensors of `dtype` on `device` under Hugging Face names. Tensors are read (and
+    /// converted, or dequantized) one at a time, as the model asks for them.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        if let Some(gguf) = &self.gguf {
+            return gguf.var_builder(dtype, device);
+        }
         // SAFETY: `from_mmaped_safetensors` maps the files read-only. Mapping is unsound only if
         // a file is truncated or modified while mapped (the mapped bytes would change under
         // safe code, or reading them would fault). These are checkpoint files we only read, and
@@ -120,16 +152,50 @@ impl Checkpoint {
             .map_err(|e| e.context(format!("loading the weights of {}", self.describe())))
     }
 
-    /// Builds stock Candle's Qwen2 from the same files (plain weights in `dtype`), for A/B runs.
-    pub fn load_stock(
-        &self,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<candle_transformers::models::qwen2::ModelForCausalLM> {
+    /// Builds stock Candle's model of the architecture (`qwen2` or `llama`) from the same files
+    /// (plain weights in `dtype`; a GGUF's dequantized), for A/B runs.
+    pub fn load_stock(&self, dtype: DType, device: &Device) -> Result<StockModel> {
         let vb = self.var_builder(dtype, device)?;
         self.check_head(&vb)?;
-        candle_transformers::models::qwen2::ModelForCausalLM::new(&self.config, vb)
+        StockModel::new(&self.config, vb)
             .map_err(|e| e.context(format!("loading the weights of {}", self.describe())))
+    }
+
+    /// The ids generation stops at, as the files give them: a GGUF's end-of-sequence (and
+    /// end-of-turn) ids; else `eos_token_id` (one id or a list) of `generation_config.json`
+    /// beside `config.json`, else of `config.json`. Empty when the files name none (a caller
+    /// then falls back to the tokenizer's `STOP_TOKENS`).
+    pub fn stop_token_ids(&self) -> Result<Vec<u32>> {
+        if let Some(gguf) = &self.gguf {
+            return Ok(gguf.stop_token_ids());
+        }
+        let generation = self
+            .config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(GENERATION_CONFIG_FILE);
+        for path in [generation.as_path(), self.config_path.as_path()] {
+            if !path.is_file() {
+                continue;
+            }
+            let value = read_json(path)?;
+            let ids = match value.get("eos_token_id") {
+                None | Some(Value::Null) => continue,
+                Some(Value::Array(ids)) => {
+                    ids.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()
+                }
+                Some(id) => id.as_u64().map(|id| vec![id]),
+            };
+            let Some(ids) = ids else {
+                bail!(
+                    "{}: eos_token_id is {}, not a token id or a list of them",
+                    path.display(),
+                    value["eos_token_id"]
+                )
+            };
+            return Ok(ids.into_iter().map(|id| id as u32).collect());
+        }
+        Ok(Vec::new())
     }
 
     /// Stock (and this fork) tie the head to the embedding whenever `lm_head.weight` is absent.
@@ -228,125 +294,4 @@ pub fn read_index(index: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
         )
     }
     Ok(files)
-}
-
-/// Reads and checks a Qwen2 `config.json`.
-///
-/// - The file must exist and parse as JSON (the error names the file).
-/// - `model_type` (when present) must be `"qwen2"` and `architectures` (when present) must list
-///   `Qwen2ForCausalLM` or `Qwen2Model`; at least one of the two must be present. The error
-///   names what was found.
-/// - Fields stock's [`Config`] requires but that some published configs leave out or set to
-///   `null` get the value that means "no sliding window", which is what those configs mean:
-///   `sliding_window` → `max_position_embeddings`, `use_sliding_window` → `false`,
-///   `max_window_layers` → `num_hidden_layers`, `hidden_act` → `"silu"`.
-/// - The head counts must divide evenly (`hidden_size` by `num_attention_heads`, that by
-///   `num_key_value_heads`).
-pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
-    let path = path.as_ref();
-    let mut value = read_json(path)?;
-    check_qwen2(&value, path)?;
-    if let Some(obj) = value.as_object_mut() {
-        let get = |obj: &serde_json::Map<String, Value>, k: &str| obj.get(k).cloned();
-        let fill = |obj: &mut serde_json::Map<String, Value>, k: &str, v: Option<Value>| {
-            if obj.get(k).is_none_or(Value::is_null) {
-                if let Some(v) = v {
-                    obj.insert(k.to_string(), v);
-                }
-            }
-        };
-        let max_pos = get(obj, "max_position_embeddings");
-        let layers = get(obj, "num_hidden_layers");
-        fill(obj, "sliding_window", max_pos);
-        fill(obj, "use_sliding_window", Some(Value::Bool(false)));
-        fill(obj, "max_window_layers", layers);
-        fill(obj, "hidden_act", Some(Value::String("silu".into())));
-    }
-    let config: Config = serde_json::from_value(value).map_err(|e| {
-        Error::msg(format!(
-            "{} is not a valid Qwen2 config: {e}",
-            path.display()
-        ))
-    })?;
-    check_shapes(&config, path)?;
-    Ok(config)
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::msg(if e.kind() == std::io::ErrorKind::NotFound {
-            format!("{} not found", path.display())
-        } else {
-            format!("cannot read {}: {e}", path.display())
-        })
-    })?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::msg(format!("{} is not valid JSON: {e}", path.display())))
-}
-
-fn check_qwen2(value: &Value, path: &Path) -> Result<()> {
-    let Some(obj) = value.as_object() else {
-        bail!("{} is not a JSON object", path.display())
-    };
-    let model_type = obj.get("model_type");
-    let architectures = obj.get("architectures");
-    let found = || {
-        format!(
-            "model_type {}, architectures {}",
-            model_type.map_or("(absent)".to_string(), Value::to_string),
-            architectures.map_or("(absent)".to_string(), Value::to_string)
-        )
-    };
-    let type_ok = match model_type {
-        None | Some(Value::Null) => None,
-        Some(t) => Some(t.as_str() == Some("qwen2")),
-    };
-    let arch_ok = match architectures {
-        None | Some(Value::Null) => None,
-        Some(a) => Some(a.as_array().is_some_and(|a| {
-            a.iter()
-                .any(|x| matches!(x.as_str(), Some("Qwen2ForCausalLM") | Some("Qwen2Model")))
-        })),
-    };
-    match (type_ok, arch_ok) {
-        (Some(false), _) | (_, Some(false)) => bail!(
-            "{} does not describe a Qwen2 model ({}): emilio-qwen loads Qwen2/Qwen2.5 \
-             checkpoints (model_type \"qwen2\", architectures [\"Qwen2ForCausalLM\"])",
-            path.display(),
-            found()
-        ),
-        (None, None) => bail!(
-            "{} names no model_type or architectures; expected model_type \"qwen2\"",
-            path.display()
-        ),
-        _ => Ok(()),
-    }
-}
-
-fn check_shapes(cfg: &Config, path: &Path) -> Result<()> {
-    let (h, q, kv) = (
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-    );
-    if h == 0 || q == 0 || kv == 0 || cfg.vocab_size == 0 || cfg.max_position_embeddings == 0 {
-        bail!(
-            "{}: hidden_size, vocab_size, max_position_embeddings and the head counts must be \
-             positive",
-            path.display()
-        )
-    }
-    if h % q != 0 || (h / q) % 2 != 0 {
-        bail!(
-            "{}: hidden_size {h} is not num_attention_heads {q} times an even head dimension",
-            path.display()
-        )
-    }
-    if q % kv != 0 {
-        bail!(
-            "{}: num_attention_heads {q} is not a multiple of num_key_value_heads {kv}",
-            path.display()
-        )
-    }
-    Ok(())
 }

@@ -28,7 +28,7 @@ use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Activation, RmsNorm, VarBuilder};
 use emilio_op::{log_linear_no_bias, log_matmul, LogLinear, WeightFormat};
 
-pub use candle_transformers::models::qwen2::Config;
+use crate::config::{Architecture, Config, RopeScaling};
 
 /// What the fork adds to stock's constructor arguments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -56,23 +56,41 @@ struct RotaryEmbedding {
 }
 
 impl RotaryEmbedding {
+    /// The position tables, computed as each family's stock model computes them (Qwen2: the
+    /// frequencies in f64, the table in `dtype`; Llama: in f32, with Llama 3's scaling), so the
+    /// A/B against stock sees the same rotary embedding bit for bit. Not a model product.
     fn new(dtype: DType, cfg: &Config, dev: &Device) -> Result<Self> {
-        let dim = cfg.hidden_size / cfg.num_attention_heads;
+        let dim = cfg.head_dim();
         let max_seq_len = cfg.max_position_embeddings;
-        let inv_freq: Vec<_> = (0..dim)
-            .step_by(2)
-            .map(|i| 1f32 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
-            .collect();
-        let inv_freq_len = inv_freq.len();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, inv_freq_len), dev)?.to_dtype(dtype)?;
-        let t = Tensor::arange(0u32, max_seq_len as u32, dev)?
-            .to_dtype(dtype)?
-            .reshape((max_seq_len, 1))?;
-        // Not a model product: the position table, computed once exactly as stock does.
-        let freqs = t.matmul(&inv_freq)?;
+        let positions = Tensor::arange(0u32, max_seq_len as u32, dev)?;
+        let freqs = match cfg.architecture {
+            Architecture::Qwen2 => {
+                let inv_freq: Vec<_> = (0..dim)
+                    .step_by(2)
+                    .map(|i| 1f32 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
+                    .collect();
+                let inv_freq_len = inv_freq.len();
+                let inv_freq =
+                    Tensor::from_vec(inv_freq, (1, inv_freq_len), dev)?.to_dtype(dtype)?;
+                let t = positions.to_dtype(dtype)?.reshape((max_seq_len, 1))?;
+                t.matmul(&inv_freq)?
+            }
+            Architecture::Llama => {
+                let theta = cfg.rope_theta as f32;
+                let inv_freq: Vec<f32> = (0..dim)
+                    .step_by(2)
+                    .map(|i| 1f32 / theta.powf(i as f32 / dim as f32))
+                    .map(|f| cfg.rope_scaling.as_ref().map_or(f, |s| llama3_scaled(f, s)))
+                    .collect();
+                let inv_freq_len = inv_freq.len();
+                let inv_freq = Tensor::from_vec(inv_freq, (1, inv_freq_len), dev)?;
+                let t = positions.to_dtype(DType::F32)?.reshape((max_seq_len, 1))?;
+                t.matmul(&inv_freq)?
+            }
+        };
         Ok(Self {
-            sin: freqs.sin()?,
-            cos: freqs.cos()?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            cos: freqs.cos()?.to_dtype(dtype)?,
         })
     }
 
@@ -88,6 +106,23 @@ impl RotaryEmbedding {
         let q_embed = candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?;
         let k_embed = candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?;
         Ok((q_embed, k_embed))
+    }
+}
+
+/// One rotary frequency under Llama 3's scaling (as Hugging Face and stock Candle's `llama`):
+/// wavelengths shorter than `original / high_freq_factor` are kept, longer than
+/// `original / low_freq_factor` slowed by `factor`, and those between blended smoothly.
+fn llama3_scaled(freq: f32, s: &RopeScaling) -> f32 {
+    let original = s.original_max_position_embeddings as f32;
+    let wavelen = 2. * std::f32::consts::PI / freq;
+    if wavelen < original / s.high_freq_factor {
+        freq
+    } else if wavelen > original / s.low_freq_factor {
+        freq / s.factor
+    } else {
+        let smooth =
+            (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        (1. - smooth) * freq / s.factor + smooth * freq
     }
 }
 
@@ -173,19 +208,24 @@ impl Attention {
         let f = opts.weight_format;
         // Read, stacked and converted on the CPU, then moved (see `on_cpu`).
         let cpu = on_cpu(&vb);
-        let get = |name: &str, out: usize| -> Result<(Tensor, Tensor)> {
+        // Qwen2 has q/k/v biases; Llama has none (unless its config says `attention_bias`).
+        let get = |name: &str, out: usize| -> Result<(Tensor, Option<Tensor>)> {
             let vb = cpu.pp(name);
-            Ok((vb.get((out, hidden_sz), "weight")?, vb.get(out, "bias")?))
+            let bias = match cfg.attention_bias {
+                true => Some(vb.get(out, "bias")?),
+                false => None,
+            };
+            Ok((vb.get((out, hidden_sz), "weight")?, bias))
         };
         let (q_w, q_b) = get("q_proj", num_heads * head_dim)?;
         let (k_w, k_b) = get("k_proj", num_kv_heads * head_dim)?;
         let (v_w, v_b) = get("v_proj", num_kv_heads * head_dim)?;
-        let qkv_proj = LogLinear::from_weights(
-            &Tensor::cat(&[&q_w, &k_w, &v_w], 0)?,
-            Some(Tensor::cat(&[&q_b, &k_b, &v_b], 0)?),
-            f,
-        )?
-        .to_device(vb.device())?;
+        let bias = match (q_b, k_b, v_b) {
+            (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&q, &k, &v], 0)?),
+            _ => None,
+        };
+        let qkv_proj = LogLinear::from_weights(&Tensor::cat(&[&q_w, &k_w, &v_w], 0)?, bias, f)?
+            .to_device(vb.device())?;
         let o_proj = log_linear_no_bias(num_heads * head_dim, hidden_sz, f, vb.pp("o_proj"))?;
         Ok(Self {
             qkv_proj,
@@ -493,6 +533,41 @@ impl Model {
             .map(|l| l.self_attn.log_weight_bytes() + l.mlp.log_weight_bytes())
             .sum()
     }
+
+    /// Bytes of every tensor the stack holds: log-domain weights, biases, the embedding table,
+    /// the norms and the rotary tables (the KV cache, which grows with the context, excluded).
+    pub fn memory_bytes(&self) -> usize {
+        let rotary = self.layers.first().map_or(0, |l| {
+            tensor_bytes(&l.self_attn.rotary_emb.sin) + tensor_bytes(&l.self_attn.rotary_emb.cos)
+        });
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.self_attn;
+                linear_bytes(&a.qkv_proj)
+                    + linear_bytes(&a.o_proj)
+                    + linear_bytes(&l.mlp.gate_up_proj)
+                    + linear_bytes(&l.mlp.down_proj)
+                    + norm_bytes(&l.input_layernorm)
+                    + norm_bytes(&l.post_attention_layernorm)
+            })
+            .sum();
+        tensor_bytes(self.embed_tokens.embeddings()) + norm_bytes(&self.norm) + rotary + layers
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+/// Bytes a linear layer holds: its log-domain weight and its bias.
+fn linear_bytes(l: &LogLinear) -> usize {
+    l.weight().size_in_bytes() + l.bias().map_or(0, tensor_bytes)
+}
+
+fn norm_bytes(n: &RmsNorm) -> usize {
+    tensor_bytes(n.weight())
 }
 
 /// `vb` reading onto the CPU: the stacked layers are built there and moved to `vb`'s device as
@@ -620,5 +695,11 @@ impl ModelForCausalLM {
     /// Bytes held by all log-domain weights, the head included: what a decode step reads.
     pub fn log_weight_bytes(&self) -> usize {
         self.base_model.log_weight_bytes() + self.lm_head.weight().size_in_bytes()
+    }
+
+    /// Bytes of every tensor the model holds once loaded ([`Model::memory_bytes`] and the
+    /// head): what loading it must cost at least.
+    pub fn memory_bytes(&self) -> usize {
+        self.base_model.memory_bytes() + linear_bytes(&self.lm_head)
     }
 }

@@ -44,8 +44,8 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
+use crate::config::Config;
 use crate::loading::{CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
-use crate::model::Config;
 
 /// The special tokens the synthetic tokenizer has, named where generation stops at them.
 pub use crate::generation::{ENDOFTEXT, IM_END, IM_START};
@@ -280,7 +280,9 @@ impl SyntheticSpec {
 
     /// The configuration this spec writes, as the model reads it.
     pub fn config(&self) -> Result<Config> {
-        serde_json::from_value(self.config_json()?).map_err(Error::wrap)
+        serde_json::from_value::<candle_transformers::models::qwen2::Config>(self.config_json()?)
+            .map(Config::from)
+            .map_err(Error::wrap)
     }
 }
 
@@ -302,36 +304,9 @@ pub struct SyntheticCheckpoint {
 }
 
 /// The names and shapes of a Qwen2 checkpoint's tensors, in file order (`lm_head.weight` only
-/// when the embeddings are untied).
+/// when the embeddings are untied): [`Config::tensor_shapes`].
 pub fn qwen2_tensor_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let kv = cfg.num_key_value_heads * (h / cfg.num_attention_heads);
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, h],
-    )];
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        out.extend([
-            (format!("{p}.self_attn.q_proj.weight"), vec![h, h]),
-            (format!("{p}.self_attn.q_proj.bias"), vec![h]),
-            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.k_proj.bias"), vec![kv]),
-            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.v_proj.bias"), vec![kv]),
-            (format!("{p}.self_attn.o_proj.weight"), vec![h, h]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
-            (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
-            (format!("{p}.mlp.down_proj.weight"), vec![h, i]),
-            (format!("{p}.input_layernorm.weight"), vec![h]),
-            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
-        ]);
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
-    }
-    out
+    cfg.tensor_shapes()
 }
 
 /// The shard (0-based) a tensor goes to: the embedding with the first layers, the final norm

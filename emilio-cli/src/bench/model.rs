@@ -1,28 +1,48 @@
-//! `emilio bench model`: prefill and decode tokens/s of both backends on one checkpoint, through
-//! the generation engine every command runs.
+//! `emilio bench model`: prefill and decode tokens/s of each backend on one model, through the
+//! generation engine every command runs, with the ratios of emilio to each other backend.
+//!
+//! On a GGUF file the three backends are emilio (log-domain weights converted from the
+//! dequantized tensors), stock Candle f32 on the same dequantized weights, and Candle's own
+//! quantized model on the file (what a Candle user runs a GGUF with today).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use emilio_qwen::generation::{Generator, Greedy};
 use serde::Serialize;
 
 use super::{linear_layers, median};
 use crate::cli::{Backend, BenchModelArgs};
+use crate::memory::LoadMemory;
 use crate::runner::Runner;
+use crate::source::ModelFiles;
 use crate::{device, source};
 
 #[derive(Debug, Serialize)]
 struct ModelSide {
+    /// `emilio`, `stock` or `stock-quantized`.
+    backend: String,
     prefill_tok_s: f64,
     decode_tok_s: f64,
     /// Weight bytes read per decoded token (every linear layer and the head once).
     weight_bytes_per_token: usize,
     load_secs: f64,
+    /// Resident memory around the load (Linux only).
+    load_memory: Option<LoadMemory>,
+}
+
+/// emilio's speed over another backend's (above 1: emilio is faster).
+#[derive(Debug, Serialize)]
+struct Ratio {
+    versus: String,
+    prefill_ratio: f64,
+    decode_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
 struct ModelReport {
     model: String,
+    /// `qwen2` or `llama`.
+    architecture: String,
     weight_format: String,
     /// Activations' and stock weights' dtype (`f32`, `f16`, `bf16`).
     dtype: String,
@@ -33,11 +53,16 @@ struct ModelReport {
     prompt_tokens: usize,
     decode_tokens: usize,
     reps: usize,
-    stock: ModelSide,
-    emilio: ModelSide,
-    /// emilio / stock tokens per second (above 1: emilio is faster).
-    prefill_ratio: f64,
-    decode_ratio: f64,
+    /// Bytes of the largest tensor in f32 (GGUF files): what loading may hold beyond the model.
+    largest_tensor_f32_bytes: Option<usize>,
+    /// Bytes the emilio model holds once loaded (log weights, embedding, norms, rotary tables).
+    emilio_model_bytes: Option<usize>,
+    backends: Vec<ModelSide>,
+    /// emilio against every other backend timed.
+    ratios: Vec<Ratio>,
+    /// emilio / stock (also in `ratios`), when both were timed.
+    prefill_ratio: Option<f64>,
+    decode_ratio: Option<f64>,
 }
 
 /// (prefill seconds, decode seconds) of one run: the prompt, then `decode` greedy steps (no
@@ -48,19 +73,60 @@ fn time_run(m: &mut Runner, prompt: &[u32], decode: usize, dev: &Device) -> Resu
     Ok((run.timings.prefill_secs(), run.timings.decode_secs()))
 }
 
+/// The backends to time: those asked for (each once, in order), else emilio and stock, and
+/// Candle's quantized model for a GGUF file.
+fn backends(args: &BenchModelArgs, files: &ModelFiles) -> Result<Vec<Backend>> {
+    let mut chosen: Vec<Backend> = Vec::new();
+    for &b in &args.backends {
+        if !chosen.contains(&b) {
+            chosen.push(b);
+        }
+    }
+    if chosen.is_empty() {
+        chosen = vec![Backend::Emilio, Backend::Stock];
+        if files.checkpoint.gguf.is_some() {
+            chosen.push(Backend::StockQuantized);
+        }
+    }
+    if chosen.contains(&Backend::StockQuantized) && files.checkpoint.gguf.is_none() {
+        bail!(
+            "--backends stock-quantized times Candle's quantized model on a GGUF file, and {} is \
+             not one",
+            files.label
+        )
+    }
+    Ok(chosen)
+}
+
 pub fn run(args: &BenchModelArgs) -> Result<()> {
     let dev = device::open(args.model.device)?;
-    let files = source::resolve(&args.model.model, &args.model.revision)?;
+    let files = source::resolve(
+        &args.model.model,
+        &args.model.revision,
+        args.model.gguf.as_deref(),
+    )?;
     let cfg = files.checkpoint.config.clone();
+    let chosen = backends(args, &files)?;
+    let format = args.model.weight_format;
+    let dtype = args.model.dtype.dtype();
+    let mut loaded = Vec::with_capacity(chosen.len());
+    for &b in &chosen {
+        let (runner, load) = Runner::load(&files, b, format, dtype, &dev)?;
+        loaded.push((b, runner, load));
+    }
+    let context = loaded
+        .iter()
+        .map(|(_, r, _)| r.max_positions(&files))
+        .min()
+        .unwrap_or(cfg.max_position_embeddings);
     let needed = args.prompt_tokens + args.decode_tokens;
     // Both rates need something to time: zero tokens would be a 0/0 ratio ("NaNx").
-    if args.prompt_tokens == 0 || args.decode_tokens == 0 || needed > cfg.max_position_embeddings {
-        anyhow::bail!(
+    if args.prompt_tokens == 0 || args.decode_tokens == 0 || needed > context {
+        bail!(
             "--prompt-tokens {} and --decode-tokens {} must each be at least 1, and together at \
-             most the model's context of {}",
+             most the context of {context} (the shortest of the backends timed)",
             args.prompt_tokens,
             args.decode_tokens,
-            cfg.max_position_embeddings
         )
     }
     // A fixed pseudo-random prompt of ordinary token ids (no specials).
@@ -68,60 +134,92 @@ pub fn run(args: &BenchModelArgs) -> Result<()> {
     let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
         .map(|i| ((i * 2_654_435_761 + 12_345) % vocab.max(1)) as u32)
         .collect();
-    let format = args.model.weight_format;
-    let dtype = args.model.dtype.dtype();
-    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, dtype, &dev)?;
-    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, dtype, &dev)?;
-    let (mut sp, mut sd, mut ep, mut ed) = (vec![], vec![], vec![], vec![]);
-    // Alternate the backends so drift in machine load affects both alike.
-    for _ in 0..args.reps.max(1) {
-        let (p, d) = time_run(&mut stock, &prompt, args.decode_tokens, &dev)?;
-        sp.push(p);
-        sd.push(d);
-        let (p, d) = time_run(&mut emilio, &prompt, args.decode_tokens, &dev)?;
-        ep.push(p);
-        ed.push(d);
+    let reps = args.reps.max(1);
+    let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(vec![], vec![]); loaded.len()];
+    // Alternate the backends so drift in machine load affects all alike.
+    for _ in 0..reps {
+        for ((_, runner, _), (p, d)) in loaded.iter_mut().zip(times.iter_mut()) {
+            let (pt, dt) = time_run(runner, &prompt, args.decode_tokens, &dev)?;
+            p.push(pt);
+            d.push(dt);
+        }
     }
     let params = linear_params(&cfg);
-    let log_bytes = emilio
-        .log_weight_bytes()
-        .context("the emilio backend reports its weight bytes")?;
     let tok_s = |n: usize, secs: f64| n as f64 / secs.max(1e-9);
-    let stock_side = ModelSide {
-        prefill_tok_s: tok_s(args.prompt_tokens, median(sp)),
-        decode_tok_s: tok_s(args.decode_tokens, median(sd)),
-        weight_bytes_per_token: params * dtype.size_in_bytes(),
-        load_secs: stock_load.as_secs_f64(),
+    let mut emilio_model_bytes = None;
+    let sides: Vec<ModelSide> = loaded
+        .iter()
+        .zip(times)
+        .map(|((b, runner, load), (p, d))| {
+            if let Runner::Emilio(m) = runner {
+                emilio_model_bytes = Some(m.memory_bytes());
+            }
+            ModelSide {
+                backend: b.name(),
+                prefill_tok_s: tok_s(args.prompt_tokens, median(p)),
+                decode_tok_s: tok_s(args.decode_tokens, median(d)),
+                weight_bytes_per_token: match runner {
+                    Runner::Emilio(m) => m.log_weight_bytes(),
+                    Runner::Stock(_) => params * dtype.size_in_bytes(),
+                    Runner::StockQuantized(_) => files
+                        .checkpoint
+                        .gguf
+                        .as_ref()
+                        .map_or(0, |g| g.linear_weight_bytes()),
+                },
+                load_secs: load.time.as_secs_f64(),
+                load_memory: load.memory,
+            }
+        })
+        .collect();
+    let ratios: Vec<Ratio> = match sides.iter().find(|s| s.backend == Backend::Emilio.name()) {
+        None => Vec::new(),
+        Some(e) => sides
+            .iter()
+            .filter(|s| s.backend != e.backend)
+            .map(|s| Ratio {
+                versus: s.backend.clone(),
+                prefill_ratio: e.prefill_tok_s / s.prefill_tok_s,
+                decode_ratio: e.decode_tok_s / s.decode_tok_s,
+            })
+            .collect(),
     };
-    let emilio_side = ModelSide {
-        prefill_tok_s: tok_s(args.prompt_tokens, median(ep)),
-        decode_tok_s: tok_s(args.decode_tokens, median(ed)),
-        weight_bytes_per_token: log_bytes,
-        load_secs: emilio_load.as_secs_f64(),
-    };
+    let vs_stock = ratios.iter().find(|r| r.versus == Backend::Stock.name());
     let report = ModelReport {
         model: files.label.clone(),
+        architecture: cfg.architecture.to_string(),
         weight_format: format.to_string(),
         dtype: dtype.as_str().to_string(),
         device: args.model.device.name(),
         isa: emilio_op::cpu_isa(),
         prompt_tokens: args.prompt_tokens,
         decode_tokens: args.decode_tokens,
-        reps: args.reps.max(1),
-        prefill_ratio: emilio_side.prefill_tok_s / stock_side.prefill_tok_s,
-        decode_ratio: emilio_side.decode_tok_s / stock_side.decode_tok_s,
-        stock: stock_side,
-        emilio: emilio_side,
+        reps,
+        largest_tensor_f32_bytes: files
+            .checkpoint
+            .gguf
+            .as_ref()
+            .map(|g| g.largest_tensor_f32_bytes()),
+        emilio_model_bytes,
+        prefill_ratio: vs_stock.map(|r| r.prefill_ratio),
+        decode_ratio: vs_stock.map(|r| r.decode_ratio),
+        backends: sides,
+        ratios,
     };
     if args.json {
         crate::output::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
         return Ok(());
     }
+    crate::output::emit(&table(&report))
+}
+
+fn table(report: &ModelReport) -> String {
     let mut o = String::new();
     outln!(
         o,
-        "emilio bench model: {} | {} | prompt {} tokens, decode {} tokens | median of {} | {}",
+        "emilio bench model: {} ({}) | {} | prompt {} tokens, decode {} tokens | median of {} | {}",
         report.model,
+        report.architecture,
         report.dtype,
         report.prompt_tokens,
         report.decode_tokens,
@@ -134,36 +232,56 @@ pub fn run(args: &BenchModelArgs) -> Result<()> {
     );
     outln!(
         o,
-        "{:<16} {:>14} {:>13} {:>16} {:>9}",
+        "{:<22} {:>14} {:>13} {:>16} {:>9} {:>16}",
         "backend",
         "prefill tok/s",
         "decode tok/s",
         "weight MB/token",
-        "load (s)"
+        "load (s)",
+        "load peak +MB"
     );
-    for (name, s) in [
-        (format!("stock {}", report.dtype), &report.stock),
-        (format!("emilio {}", report.weight_format), &report.emilio),
-    ] {
+    for s in &report.backends {
+        let name = if s.backend == Backend::Emilio.name() {
+            format!("emilio {}", report.weight_format)
+        } else if s.backend == Backend::Stock.name() {
+            format!("stock {}", report.dtype)
+        } else {
+            s.backend.clone()
+        };
         outln!(
             o,
-            "{:<16} {:>14.2} {:>13.2} {:>16.1} {:>9.2}",
+            "{:<22} {:>14.2} {:>13.2} {:>16.1} {:>9.2} {:>16}",
             name,
             s.prefill_tok_s,
             s.decode_tok_s,
             s.weight_bytes_per_token as f64 / 1e6,
-            s.load_secs
+            s.load_secs,
+            s.load_memory.map_or("-".to_string(), |m| format!(
+                "{:.0}",
+                m.peak_growth_bytes() as f64 / 1e6
+            ))
         );
     }
-    outln!(
-        o,
-        "{:<16} {:>13.3}x {:>12.3}x {:>15.3}x",
-        "emilio / stock",
-        report.prefill_ratio,
-        report.decode_ratio,
-        report.emilio.weight_bytes_per_token as f64 / report.stock.weight_bytes_per_token as f64
-    );
-    crate::output::emit(&o)
+    for r in &report.ratios {
+        outln!(
+            o,
+            "{:<22} {:>13.3}x {:>12.3}x",
+            format!("emilio / {}", r.versus),
+            r.prefill_ratio,
+            r.decode_ratio
+        );
+    }
+    if let (Some(model), Some(largest)) =
+        (report.emilio_model_bytes, report.largest_tensor_f32_bytes)
+    {
+        outln!(
+            o,
+            "emilio model {:.0} MB; largest tensor in f32 {:.0} MB",
+            model as f64 / 1e6,
+            largest as f64 / 1e6
+        );
+    }
+    o
 }
 
 /// Weights of every linear layer and the head: what a decode step reads.

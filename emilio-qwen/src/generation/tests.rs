@@ -176,7 +176,7 @@ fn tiny(format: Option<WeightFormat>) -> Tiny {
         Some(f) => {
             Tiny::Ours(ModelForCausalLM::new_with_options(&cfg, vb, &Options::new(f)).unwrap())
         }
-        None => Tiny::Stock(stock::ModelForCausalLM::new(&cfg, vb).unwrap()),
+        None => Tiny::Stock(stock::ModelForCausalLM::new(&cfg.to_stock_qwen2(), vb).unwrap()),
     }
 }
 
