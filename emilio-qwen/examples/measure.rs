@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use emilio_qwen::compare::{argmax, kl_divergence};
+use emilio_qwen::generation::CausalLM;
 use emilio_qwen::loading::Checkpoint;
 use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
 use emilio_qwen::{Options, WeightFormat};

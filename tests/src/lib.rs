@@ -18,6 +18,7 @@ pub mod budget;
 pub mod cli;
 pub mod errors;
 pub mod inputs;
+pub mod models;
 pub mod reference;
 
 pub use budget::*;

@@ -38,7 +38,8 @@
 //! none.
 
 use candle_core::{DType, Device};
-use candle_transformers::models::qwen2::ModelForCausalLM as StockModel;
+use emilio_qwen::generation::CausalLM;
+use emilio_qwen::reference::StockModel;
 use emilio_qwen::compare::argmax;
 use emilio_qwen::loading::Checkpoint;
 use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};

@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Device};
 use emilio_qwen::compare::{argmax, max_rel_err};
+use emilio_qwen::generation::CausalLM;
 use emilio_qwen::loading::Checkpoint;
 use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
 use emilio_qwen::{ModelForCausalLM, Options, WeightFormat};
@@ -23,7 +24,7 @@ impl Gpu<'_> {
     fn run(
         &self,
         what: &str,
-        stock: &mut candle_transformers::models::qwen2::ModelForCausalLM,
+        stock: &mut emilio_qwen::reference::StockModel,
         on_cpu: &mut ModelForCausalLM,
         on_gpu: &mut ModelForCausalLM,
         prompt: &[Vec<u32>],
