@@ -445,7 +445,13 @@ pub fn special_tokens(md: &HashMap<String, Value>, source: &str) -> Result<GgufS
         ),
     };
     if add_bos && bos.is_none() {
-        bail!("{source}: {ADD_BOS_KEY} is true but there is no {BOS_KEY}")
+        if md.contains_key(ADD_BOS_KEY) {
+            bail!("{source}: {ADD_BOS_KEY} is true but there is no {BOS_KEY}")
+        }
+        bail!(
+            "{source}: there is no {BOS_KEY}, but with no {ADD_BOS_KEY} this pre-tokenizer's \
+             default is to prepend BOS; set {ADD_BOS_KEY} = false or give a {BOS_KEY}"
+        )
     }
     Ok(GgufSpecialTokens {
         bos,
