@@ -16,6 +16,10 @@
 //! - [`synthetic`]: seeded offline checkpoints (config, weights, tokenizer) at preset sizes.
 //! - [`generation`]: the generation engine every command runs (prefill, decode steps, stop
 //!   tokens, sampling, timings), over this model or stock's.
+//! - [`tokenizer`]: a Hugging Face tokenizer rebuilt from a GGUF file's `tokenizer.ggml.*`
+//!   metadata (byte-level BPE, llama.cpp's pre-tokenizer names), so a GGUF model needs no
+//!   `tokenizer.json`; and the inverse, the metadata of a tokenizer, which the synthetic GGUF
+//!   writer uses.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -42,6 +46,10 @@ pub mod loading;
 mod model;
 pub mod reference;
 pub mod synthetic;
+// Where tests find real model files (one environment variable each); for tests, not the API.
+#[doc(hidden)]
+pub mod test_models;
+pub mod tokenizer;
 
 pub use config::{Architecture, Config};
 pub use emilio_op::WeightFormat;
