@@ -34,7 +34,10 @@ impl ModelFiles {
                 .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()));
         }
         match &self.checkpoint.gguf {
-            Some(gguf) => bail!("MERGE-TODO tokenizer of {}", gguf.path().display()),
+            Some(gguf) => Ok(emilio_qwen::tokenizer::from_gguf(
+                gguf.metadata(),
+                &gguf.path().display().to_string(),
+            )?),
             None => bail!("{} has no tokenizer", self.label),
         }
     }

@@ -187,17 +187,11 @@ impl GgufFile {
         Ok(config)
     }
 
-    /// The ids generation stops at: `tokenizer.ggml.eos_token_id`, and the end-of-turn and
-    /// end-of-message ids where the file names them.
-    pub fn stop_token_ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = ["eos", "eot", "eom"]
-            .iter()
-            .filter_map(|k| self.metadata().get(&format!("tokenizer.ggml.{k}_token_id")))
-            .filter_map(metadata_u64)
-            .map(|id| id as u32)
-            .collect();
-        ids.dedup();
-        ids
+    /// The ids generation stops at: `tokenizer.ggml.eos_token_id`, and the end-of-turn id
+    /// where the file names one (`crate::tokenizer::GgufSpecialTokens::stop_ids`).
+    pub fn stop_token_ids(&self) -> Result<Vec<u32>> {
+        let source = self.path.display().to_string();
+        Ok(crate::tokenizer::special_tokens(self.metadata(), &source)?.stop_ids())
     }
 
     /// Bytes of the largest tensor once dequantized to f32: the most that loading holds beyond

@@ -167,7 +167,7 @@ impl Checkpoint {
     /// then falls back to the tokenizer's `STOP_TOKENS`).
     pub fn stop_token_ids(&self) -> Result<Vec<u32>> {
         if let Some(gguf) = &self.gguf {
-            return Ok(gguf.stop_token_ids());
+            return gguf.stop_token_ids();
         }
         let generation = self
             .config_path
