@@ -21,5 +21,9 @@ pub fn smollm2_tokenizer() -> tokenizers::Tokenizer {
 pub fn smollm2_chat_prompt(user: &str) -> Vec<u32> {
     // MERGE-TODO: render with the template from the GGUF.
     let text = format!("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n");
-    smollm2_tokenizer().encode(text, false).unwrap().get_ids().to_vec()
+    smollm2_tokenizer()
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec()
 }

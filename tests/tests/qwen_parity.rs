@@ -38,10 +38,10 @@
 //! none.
 
 use candle_core::{DType, Device};
-use emilio_qwen::generation::CausalLM;
-use emilio_qwen::reference::StockModel;
 use emilio_qwen::compare::argmax;
+use emilio_qwen::generation::CausalLM;
 use emilio_qwen::loading::Checkpoint;
+use emilio_qwen::reference::StockModel;
 use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
 use emilio_qwen::{ModelForCausalLM, Options, WeightFormat};
 
