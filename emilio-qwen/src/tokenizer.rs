@@ -171,7 +171,9 @@ impl Pre {
         Ok(match self {
             Pre::Qwen2 => Sequence::new(vec![split(QWEN2_REGEX)?, bytes_only]).into(),
             Pre::Llama3 => Sequence::new(vec![split(LLAMA3_REGEX)?, bytes_only]).into(),
-            Pre::Smollm => Sequence::new(vec![Digits::new(true).into(), with_regex().into()]).into(),
+            Pre::Smollm => {
+                Sequence::new(vec![Digits::new(true).into(), with_regex().into()]).into()
+            }
             Pre::Gpt2 => with_regex().into(),
             Pre::Default => {
                 let mut steps = DEFAULT_REGEXES
@@ -345,13 +347,15 @@ fn token_types(md: &HashMap<String, Value>, n: usize, source: &str) -> Result<Ve
     values
         .iter()
         .enumerate()
-        .map(|(id, v)| match as_int(v).and_then(|t| i32::try_from(t).ok()) {
-            Some(t) => Ok(t),
-            None => bail!(
-                "{source}: {TOKEN_TYPE_KEY}[{id}] should be an integer, found {:?}",
-                v
-            ),
-        })
+        .map(
+            |(id, v)| match as_int(v).and_then(|t| i32::try_from(t).ok()) {
+                Some(t) => Ok(t),
+                None => bail!(
+                    "{source}: {TOKEN_TYPE_KEY}[{id}] should be an integer, found {:?}",
+                    v
+                ),
+            },
+        )
         .collect()
 }
 

@@ -15,8 +15,7 @@ use std::io::Cursor;
 use candle_core::quantized::gguf_file::{self, Value};
 use emilio_qwen::synthetic::{self, ENDOFTEXT, IM_END, IM_START};
 use emilio_qwen::tokenizer::{
-    self, from_gguf, gguf_metadata, special_tokens, GgufSpecialTokens, TokenType,
-    PRE_TOKENIZERS,
+    self, from_gguf, gguf_metadata, special_tokens, GgufSpecialTokens, TokenType, PRE_TOKENIZERS,
 };
 use rand::Rng;
 use tokenizers::Tokenizer;
@@ -60,12 +59,76 @@ fn assert_names(msg: &str, words: &[&str]) {
 /// or broken, inside the text.
 fn random_text(r: &mut impl Rng) -> String {
     const PIECES: &[&str] = &[
-        "the", " the", "The", " and", "hello", " world", "model", " token", "ing", "Qwen",
-        "don't", "DON'T", "we've", "I'm", "they'll", "she'd", "it's", "'re", "'S", "  ", "    ",
-        "\t", "\n", "\n\n", "\r\n", " \n ", "\u{a0}", "\u{3000}", "é", "déjà vu", "naïve",
-        "日本語", "中文", "한국어", "Ελληνικά", "🦀", "👍🏽", "👨‍👩‍👧", "∑", "—", "…", "½", "٣",
-        IM_START, IM_END, ENDOFTEXT, "<|im_", "|>", "<|", "<|im_start", "!", "?!", "...", "((",
-        "\"", "#", "$", "%", "&&", "*", "+=", "->", "::", "@", "\\", "^", "_", "`", "{}", "~",
+        "the",
+        " the",
+        "The",
+        " and",
+        "hello",
+        " world",
+        "model",
+        " token",
+        "ing",
+        "Qwen",
+        "don't",
+        "DON'T",
+        "we've",
+        "I'm",
+        "they'll",
+        "she'd",
+        "it's",
+        "'re",
+        "'S",
+        "  ",
+        "    ",
+        "\t",
+        "\n",
+        "\n\n",
+        "\r\n",
+        " \n ",
+        "\u{a0}",
+        "\u{3000}",
+        "é",
+        "déjà vu",
+        "naïve",
+        "日本語",
+        "中文",
+        "한국어",
+        "Ελληνικά",
+        "🦀",
+        "👍🏽",
+        "👨‍👩‍👧",
+        "∑",
+        "—",
+        "…",
+        "½",
+        "٣",
+        IM_START,
+        IM_END,
+        ENDOFTEXT,
+        "<|im_",
+        "|>",
+        "<|",
+        "<|im_start",
+        "!",
+        "?!",
+        "...",
+        "((",
+        "\"",
+        "#",
+        "$",
+        "%",
+        "&&",
+        "*",
+        "+=",
+        "->",
+        "::",
+        "@",
+        "\\",
+        "^",
+        "_",
+        "`",
+        "{}",
+        "~",
     ];
     let n = r.random_range(0..24);
     let mut s = String::new();
@@ -192,7 +255,9 @@ fn gguf_metadata_writes_the_gguf_keys_and_types() {
     };
     assert_eq!(merges.len(), tokens.len() - 256 - 3);
     for (rank, m) in merges.iter().enumerate() {
-        let Value::String(m) = m else { panic!("merge {rank}: {m:?}") };
+        let Value::String(m) = m else {
+            panic!("merge {rank}: {m:?}")
+        };
         let (a, b) = m.split_once(' ').unwrap();
         assert!(
             matches!(&tokens[256 + rank], Value::String(t) if *t == format!("{a}{b}")),
@@ -224,7 +289,10 @@ fn special_tokens_read_and_write() {
     assert_eq!(read.eos, Some(im_end));
     assert_eq!(read.eos_token.as_deref(), Some(IM_END));
     assert_eq!(read.bos_token.as_deref(), Some(ENDOFTEXT));
-    assert_eq!((read.eot, read.pad, read.add_bos), (Some(eot), Some(eot), false));
+    assert_eq!(
+        (read.eot, read.pad, read.add_bos),
+        (Some(eot), Some(eot), false)
+    );
     assert_eq!(read.stop_ids(), vec![im_end, eot]);
 
     // add_bos_token = true prepends BOS, once per sequence.
@@ -244,7 +312,10 @@ fn special_tokens_read_and_write() {
     assert_names(&err(&bad), &["test.gguf", tokenizer::EOS_KEY, "1048576"]);
     let mut bad = with_bos.clone();
     bad.remove(tokenizer::BOS_KEY);
-    assert_names(&err(&bad), &["test.gguf", tokenizer::ADD_BOS_KEY, tokenizer::BOS_KEY]);
+    assert_names(
+        &err(&bad),
+        &["test.gguf", tokenizer::ADD_BOS_KEY, tokenizer::BOS_KEY],
+    );
 }
 
 #[test]
@@ -262,15 +333,24 @@ fn malformed_metadata_is_a_clear_error() {
 
     // The vocabulary type.
     let e = err(&with(tokenizer::MODEL_KEY, Some(s("llama"))));
-    assert_names(&e, &["test.gguf", tokenizer::MODEL_KEY, "llama", "SentencePiece"]);
+    assert_names(
+        &e,
+        &["test.gguf", tokenizer::MODEL_KEY, "llama", "SentencePiece"],
+    );
     let e = err(&with(tokenizer::MODEL_KEY, Some(s("bert"))));
     assert_names(&e, &["test.gguf", tokenizer::MODEL_KEY, "bert"]);
-    assert_names(&err(&with(tokenizer::MODEL_KEY, None)), &[tokenizer::MODEL_KEY]);
+    assert_names(
+        &err(&with(tokenizer::MODEL_KEY, None)),
+        &[tokenizer::MODEL_KEY],
+    );
 
     // The pre-tokenizer: missing or unknown, never guessed.
     for v in [None, Some(s("starcoder-9000"))] {
         let e = err(&with(tokenizer::PRE_KEY, v));
-        assert_names(&e, &["test.gguf", tokenizer::PRE_KEY, "\"qwen2\"", "\"smollm\""]);
+        assert_names(
+            &e,
+            &["test.gguf", tokenizer::PRE_KEY, "\"qwen2\"", "\"smollm\""],
+        );
     }
     assert_names(
         &err(&with(tokenizer::PRE_KEY, Some(s("starcoder-9000")))),
@@ -282,7 +362,10 @@ fn malformed_metadata_is_a_clear_error() {
     );
 
     // Tokens: missing, ill-typed, an ill-typed entry, a repeat.
-    assert_names(&err(&with(tokenizer::TOKENS_KEY, None)), &[tokenizer::TOKENS_KEY]);
+    assert_names(
+        &err(&with(tokenizer::TOKENS_KEY, None)),
+        &[tokenizer::TOKENS_KEY],
+    );
     assert_names(
         &err(&with(tokenizer::TOKENS_KEY, Some(s("a b c")))),
         &[tokenizer::TOKENS_KEY, "array"],
@@ -310,7 +393,11 @@ fn malformed_metadata_is_a_clear_error() {
     let short = Value::Array(types[1..].to_vec());
     assert_names(
         &err(&with(tokenizer::TOKEN_TYPE_KEY, Some(short))),
-        &[tokenizer::TOKEN_TYPE_KEY, &tokens.len().to_string(), &(tokens.len() - 1).to_string()],
+        &[
+            tokenizer::TOKEN_TYPE_KEY,
+            &tokens.len().to_string(),
+            &(tokens.len() - 1).to_string(),
+        ],
     );
     let mut bad = types.clone();
     bad[3] = s("1");
@@ -324,7 +411,10 @@ fn malformed_metadata_is_a_clear_error() {
     assert_names(&err(&bad), &["qwen2.vocab_size", tokenizer::TOKENS_KEY]);
 
     // Merges: missing, not "a b", naming an unknown token, making an unknown token.
-    assert_names(&err(&with(tokenizer::MERGES_KEY, None)), &[tokenizer::MERGES_KEY]);
+    assert_names(
+        &err(&with(tokenizer::MERGES_KEY, None)),
+        &[tokenizer::MERGES_KEY],
+    );
     let Value::Array(merges) = &md[tokenizer::MERGES_KEY] else {
         unreachable!()
     };
@@ -363,8 +453,11 @@ fn every_supported_pre_tokenizer_builds_and_round_trips() {
         let pre_tok = tok.get_pre_tokenizer().unwrap();
         let mut p = tokenizers::PreTokenizedString::from("1234567");
         tokenizers::PreTokenizer::pre_tokenize(pre_tok, &mut p).unwrap();
-        p.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte)
-            .len()
+        p.get_splits(
+            tokenizers::OffsetReferential::Original,
+            tokenizers::OffsetType::Byte,
+        )
+        .len()
     };
     assert_eq!(digit_pieces("qwen2"), 7);
     assert_eq!(digit_pieces("smollm"), 7);
@@ -377,7 +470,10 @@ fn every_supported_pre_tokenizer_builds_and_round_trips() {
     // error that says so.
     let mut m = md.clone();
     m.insert(tokenizer::PRE_KEY.into(), Value::String("llama-bpe".into()));
-    assert_names(&err(&m), &["test.gguf", tokenizer::BOS_KEY, tokenizer::ADD_BOS_KEY]);
+    assert_names(
+        &err(&m),
+        &["test.gguf", tokenizer::BOS_KEY, tokenizer::ADD_BOS_KEY],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,7 +573,10 @@ fn smollm2_known_ids() {
         ),
         ("\n", &[198]),
         ("Hello world! 123", &[19556, 905, 17, 216, 33, 34, 35]),
-        ("Café déjà vu.", &[51, 1939, 2756, 32564, 90, 16739, 386, 101, 30]),
+        (
+            "Café déjà vu.",
+            &[51, 1939, 2756, 32564, 90, 16739, 386, 101, 30],
+        ),
         ("  multiple   spaces", &[216, 2701, 256, 5600]),
     ];
     for (s, want) in cases {

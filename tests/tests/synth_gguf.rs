@@ -97,7 +97,10 @@ fn written_gguf_has_every_key_and_tensor() {
             tokenizer::TOKEN_TYPE_KEY,
             tokenizer::MERGES_KEY,
         ] {
-            assert!(matches!(md.get(key), Some(Value::Array(a)) if !a.is_empty()), "{key}");
+            assert!(
+                matches!(md.get(key), Some(Value::Array(a)) if !a.is_empty()),
+                "{key}"
+            );
         }
         let Some(Value::Array(tokens)) = md.get(tokenizer::TOKENS_KEY) else {
             unreachable!()
@@ -108,12 +111,14 @@ fn written_gguf_has_every_key_and_tensor() {
         assert_eq!(u32_of(md, tokenizer::EOS_KEY), im_end);
         assert_eq!(u32_of(md, tokenizer::BOS_KEY), eot);
         assert_eq!(u32_of(md, tokenizer::PAD_KEY), eot);
-        assert!(matches!(md.get(tokenizer::ADD_BOS_KEY), Some(Value::Bool(false))));
+        assert!(matches!(
+            md.get(tokenizer::ADD_BOS_KEY),
+            Some(Value::Bool(false))
+        ));
         let ckpt = write_checkpoint(dir.path().join("ckpt"), &spec).unwrap();
-        let tok_cfg: Json = serde_json::from_slice(
-            &std::fs::read(ckpt.dir.join("tokenizer_config.json")).unwrap(),
-        )
-        .unwrap();
+        let tok_cfg: Json =
+            serde_json::from_slice(&std::fs::read(ckpt.dir.join("tokenizer_config.json")).unwrap())
+                .unwrap();
         assert_eq!(
             str_of(md, tokenizer::CHAT_TEMPLATE_KEY),
             tok_cfg["chat_template"].as_str().unwrap()
@@ -272,10 +277,7 @@ fn agreement(logits: &[(Vec<f32>, Vec<f32>)]) -> Agreement {
         assert_eq!(r.len(), g.len());
         assert!(g.iter().all(|x| x.is_finite()), "non-finite GGUF logits");
         let scale = r.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let err = r
-            .iter()
-            .zip(g)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let err = r.iter().zip(g).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         a.rel_max_err = a.rel_max_err.max(err / scale);
         let top = argmax(r);
         let second = r
@@ -457,8 +459,21 @@ fn gguf_tokenizer_encodes_as_the_checkpoints() {
     let reference = synthetic::tokenizer().unwrap();
     let mut r = emilio_tests::rng(0x66);
     let pieces = [
-        "Hello", " world", "<|im_start|>", "<|im_end|>", "\n", "  ", "don't", "123", "🦀", "é",
-        " the", "model", "\t", "WE'LL", "日本",
+        "Hello",
+        " world",
+        "<|im_start|>",
+        "<|im_end|>",
+        "\n",
+        "  ",
+        "don't",
+        "123",
+        "🦀",
+        "é",
+        " the",
+        "model",
+        "\t",
+        "WE'LL",
+        "日本",
     ];
     for _ in 0..300 {
         let n = rand::Rng::random_range(&mut r, 0..16);
@@ -473,7 +488,10 @@ fn gguf_tokenizer_encodes_as_the_checkpoints() {
     let special = tokenizer::special_tokens(&md, "m.gguf").unwrap();
     assert_eq!(special.eos_token.as_deref(), Some(IM_END));
     assert_eq!(special.bos_token.as_deref(), Some(ENDOFTEXT));
-    assert_eq!(special.stop_ids(), vec![synthetic::tokenizer_special_id(IM_END)]);
+    assert_eq!(
+        special.stop_ids(),
+        vec![synthetic::tokenizer_special_id(IM_END)]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -490,7 +508,15 @@ fn cli_synth_writes_a_gguf() {
     let out = sb.join("m.gguf");
     let run = sb
         .run([
-            "synth", "--format", "gguf", "--quant", "q4_0", "--seed", "3", "--out", s(&out),
+            "synth",
+            "--format",
+            "gguf",
+            "--quant",
+            "q4_0",
+            "--seed",
+            "3",
+            "--out",
+            s(&out),
         ])
         .ok();
     assert!(run.stdout.contains(s(&out)), "{run}");
@@ -502,7 +528,12 @@ fn cli_synth_writes_a_gguf() {
     );
     // The library writes the same file for the same spec.
     let lib = sb.join("lib.gguf");
-    write_gguf(&lib, &SyntheticSpec::new(Preset::Tiny).with_seed(3), GgufQuant::Q4_0).unwrap();
+    write_gguf(
+        &lib,
+        &SyntheticSpec::new(Preset::Tiny).with_seed(3),
+        GgufQuant::Q4_0,
+    )
+    .unwrap();
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&lib).unwrap());
     // No temp file is left beside it.
     let names: Vec<String> = std::fs::read_dir(sb.path())
@@ -531,14 +562,32 @@ fn cli_synth_gguf_errors() {
     sb.run(["synth", "--quant", "q8_0", "--out", s(&dir_out)])
         .fails_with(&["--quant", "--format gguf"]);
     sb.run([
-        "synth", "--format", "dir", "--quant", "f16", "--out", s(&dir_out),
+        "synth",
+        "--format",
+        "dir",
+        "--quant",
+        "f16",
+        "--out",
+        s(&dir_out),
     ])
     .fails_with(&["--quant", "--format gguf"]);
-    assert!(!dir_out.exists(), "a failed synth created {}", dir_out.display());
+    assert!(
+        !dir_out.exists(),
+        "a failed synth created {}",
+        dir_out.display()
+    );
     // Unknown quant or format.
     let out = sb.join("m.gguf");
-    sb.run(["synth", "--format", "gguf", "--quant", "q2_k", "--out", s(&out)])
-        .fails_with(&["q2_k", "--quant", "q8_0", "q4_0", "f16"]);
+    sb.run([
+        "synth",
+        "--format",
+        "gguf",
+        "--quant",
+        "q2_k",
+        "--out",
+        s(&out),
+    ])
+    .fails_with(&["q2_k", "--quant", "q8_0", "q4_0", "f16"]);
     sb.run(["synth", "--format", "onnx", "--out", s(&out)])
         .fails_with(&["onnx", "--format", "gguf"]);
     // The output must be a .gguf file.

@@ -197,7 +197,10 @@ pub fn gguf_file_metadata(spec: &SyntheticSpec, quant: GgufQuant) -> Result<Vec<
                 spec.preset, spec.seed, quant
             )),
         ),
-        ("general.file_type".to_string(), Value::U32(quant.file_type())),
+        (
+            "general.file_type".to_string(),
+            Value::U32(quant.file_type()),
+        ),
         ("general.quantization_version".to_string(), Value::U32(2)),
         (
             "qwen2.block_count".to_string(),
@@ -323,14 +326,30 @@ mod tests {
             ("model.norm.weight", "output_norm.weight"),
             ("lm_head.weight", "output.weight"),
             ("model.layers.0.self_attn.q_proj.bias", "blk.0.attn_q.bias"),
-            ("model.layers.12.self_attn.o_proj.weight", "blk.12.attn_output.weight"),
-            ("model.layers.2.mlp.down_proj.weight", "blk.2.ffn_down.weight"),
-            ("model.layers.2.input_layernorm.weight", "blk.2.attn_norm.weight"),
-            ("model.layers.2.post_attention_layernorm.weight", "blk.2.ffn_norm.weight"),
+            (
+                "model.layers.12.self_attn.o_proj.weight",
+                "blk.12.attn_output.weight",
+            ),
+            (
+                "model.layers.2.mlp.down_proj.weight",
+                "blk.2.ffn_down.weight",
+            ),
+            (
+                "model.layers.2.input_layernorm.weight",
+                "blk.2.attn_norm.weight",
+            ),
+            (
+                "model.layers.2.post_attention_layernorm.weight",
+                "blk.2.ffn_norm.weight",
+            ),
         ] {
             assert_eq!(gguf_tensor_name(hf).as_deref(), Some(gguf), "{hf}");
         }
-        for bad in ["model.layers.x.mlp.up_proj.weight", "model.layers.1.mlp.foo.weight", "x"] {
+        for bad in [
+            "model.layers.x.mlp.up_proj.weight",
+            "model.layers.1.mlp.foo.weight",
+            "x",
+        ] {
             assert_eq!(gguf_tensor_name(bad), None, "{bad}");
         }
     }
@@ -339,7 +358,10 @@ mod tests {
     fn rows_must_be_whole_blocks() {
         let shapes = vec![
             ("model.norm.weight".to_string(), vec![48]),
-            ("model.layers.0.mlp.down_proj.weight".to_string(), vec![64, 48]),
+            (
+                "model.layers.0.mlp.down_proj.weight".to_string(),
+                vec![64, 48],
+            ),
         ];
         // f16 has no blocks; norms stay f32 whatever their length.
         check_blocks("p", &shapes, GgufQuant::F16).unwrap();
@@ -365,6 +387,9 @@ mod tests {
             assert_eq!(q.name().to_uppercase().parse::<GgufQuant>().unwrap(), q);
         }
         let e = "q2_k".parse::<GgufQuant>().unwrap_err().to_string();
-        assert!(e.contains("q2_k") && e.contains("q8_0") && e.contains("f16"), "{e}");
+        assert!(
+            e.contains("q2_k") && e.contains("q8_0") && e.contains("f16"),
+            "{e}"
+        );
     }
 }
