@@ -52,8 +52,9 @@ use crate::model::Config;
 /// The special tokens the synthetic tokenizer has, named where generation stops at them.
 pub use crate::generation::{ENDOFTEXT, IM_END, IM_START};
 
-/// The same checkpoints as one Qwen2 GGUF file (llama.cpp's tensor names, `f16`/`q8_0`/`q4_0`
-/// weights, the tokenizer in `tokenizer.ggml.*` metadata), for the GGUF path without a network.
+// The same checkpoints as one Qwen2 GGUF file (llama.cpp's tensor names, f16/q8_0/q4_0 weights,
+// the tokenizer in tokenizer.ggml.* metadata), for the GGUF path without a network. Its docs are
+// the module's own (one doc comment, so its links resolve inside it).
 pub mod gguf;
 
 /// Standard deviation of the synthetic linear, bias and embedding weights.
