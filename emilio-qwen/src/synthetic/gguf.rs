@@ -3,9 +3,10 @@
 //!
 //! [`write_gguf`] writes what llama.cpp's converter writes for a Qwen2 model: the same seeded
 //! tensors as [`write_checkpoint`](super::write_checkpoint) (one spec, one seed, the same values,
-//! rounded to the spec's dtype first) under llama.cpp's tensor names, the linear weights and the
-//! embedding in the chosen [`GgufQuant`], norms and biases in `f32`; the `qwen2.*` hyper-parameters
-//! Candle's `quantized_qwen2::ModelWeights::from_gguf` reads; and the synthetic tokenizer as
+//! rounded to the spec's dtype first) under llama.cpp's tensor names, the linear weights and
+//! the embedding in the chosen [`GgufQuant`], norms and biases in `f32`; the `qwen2.*`
+//! hyper-parameters Candle's `quantized_qwen2::ModelWeights::from_gguf` reads; and the
+//! synthetic tokenizer as
 //! `tokenizer.ggml.*` keys, from the one builder [`crate::tokenizer::gguf_metadata`] (so that
 //! [`crate::tokenizer::from_gguf`] on the file gives back the synthetic `tokenizer.json`), with
 //! ChatML's special ids and chat template.
