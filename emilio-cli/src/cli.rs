@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use emilio_op::WeightFormat;
+use emilio_qwen::synthetic::gguf::GgufQuant;
 use emilio_qwen::synthetic::Preset;
 
 /// Qwen2-family models with every multiplication computed in the log domain
@@ -239,18 +240,41 @@ pub struct SynthArgs {
     /// Seed of every weight.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Directory to write config.json, model.safetensors and tokenizer.json into.
+    /// With `--format dir`: the directory to write config.json, model.safetensors and
+    /// tokenizer.json into. With `--format gguf`: the .gguf file to write.
     #[arg(long)]
     pub out: PathBuf,
     /// Give the checkpoint its own lm_head instead of tying it to the embedding.
     #[arg(long)]
     pub untied: bool,
-    /// Stored dtype of the weights: bf16 (as published), f16 or f32.
+    /// Stored dtype of the weights: bf16 (as published), f16 or f32. With `--format gguf`, the
+    /// weights are rounded to it before quantizing, so they are the directory checkpoint's.
     #[arg(long, value_enum, default_value_t = DtypeArg::Bf16)]
     pub dtype: DtypeArg,
+    /// What to write: a Hugging Face checkpoint directory, or one Qwen2 GGUF file (llama.cpp's
+    /// layout, the tokenizer in its metadata).
+    #[arg(long, value_enum, default_value_t = SynthFormat::Dir)]
+    pub format: SynthFormat,
+    /// With `--format gguf` only: the type of the linear weights and embedding, f16, q8_0
+    /// (default) or q4_0; norms and biases stay f32.
+    #[arg(long, value_parser = parse_quant)]
+    pub quant: Option<GgufQuant>,
+}
+
+/// What `synth` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SynthFormat {
+    /// A checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    Dir,
+    /// One GGUF file.
+    Gguf,
 }
 
 fn parse_format(s: &str) -> Result<WeightFormat, String> {
+    s.parse().map_err(|e: candle_core::Error| e.to_string())
+}
+
+fn parse_quant(s: &str) -> Result<GgufQuant, String> {
     s.parse().map_err(|e: candle_core::Error| e.to_string())
 }
 

@@ -1,22 +1,40 @@
-//! `emilio synth`: an offline checkpoint with seeded random weights.
+//! `emilio synth`: an offline checkpoint with seeded random weights, as a directory or as one
+//! GGUF file.
+
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use emilio_qwen::synthetic::gguf::{write_gguf, GgufQuant};
 use emilio_qwen::synthetic::{write_checkpoint, SyntheticSpec};
 
-use crate::cli::SynthArgs;
+use crate::cli::{SynthArgs, SynthFormat};
 
 pub fn run(args: &SynthArgs) -> Result<()> {
-    let dtype = args.dtype.dtype();
-    check_writable(&args.out)?;
     let spec = SyntheticSpec::new(args.preset)
         .with_seed(args.seed)
-        .with_dtype(dtype);
+        .with_dtype(args.dtype.dtype());
     let spec = if args.untied {
         spec.with_tied(false)
     } else {
         spec
     };
-    let written = write_checkpoint(&args.out, &spec).with_context(|| {
+    match args.format {
+        SynthFormat::Dir => {
+            if let Some(q) = args.quant {
+                bail!(
+                    "--quant {q} applies only with --format gguf; a directory checkpoint stores \
+                     its weights as --dtype"
+                )
+            }
+            run_dir(args, &spec)
+        }
+        SynthFormat::Gguf => run_gguf(args, &spec, args.quant.unwrap_or(GgufQuant::Q8_0)),
+    }
+}
+
+fn run_dir(args: &SynthArgs, spec: &SyntheticSpec) -> Result<()> {
+    check_writable(&args.out)?;
+    let written = write_checkpoint(&args.out, spec).with_context(|| {
         format!(
             "writing a {} checkpoint to {}",
             args.preset,
@@ -38,7 +56,7 @@ pub fn run(args: &SynthArgs) -> Result<()> {
         args.seed,
         written.config.num_hidden_layers,
         bytes as f64 / 1e6,
-        dtype
+        spec.dtype
     );
     outln!(
         o,
@@ -48,8 +66,52 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     crate::output::emit(&o)
 }
 
+fn run_gguf(args: &SynthArgs, spec: &SyntheticSpec, quant: GgufQuant) -> Result<()> {
+    let out = &args.out;
+    if out.is_dir() {
+        bail!(
+            "--out {} is a directory; with --format gguf it names the .gguf file to write",
+            out.display()
+        )
+    }
+    if out.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        bail!(
+            "--out {} does not end in .gguf; with --format gguf it names the .gguf file to write",
+            out.display()
+        )
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!(
+                "cannot create the directory of {} ({})",
+                out.display(),
+                parent.display()
+            )
+        })?;
+    }
+    let written = write_gguf(out, spec, quant).with_context(|| {
+        format!(
+            "writing a {} {quant} GGUF to {}",
+            args.preset,
+            out.display()
+        )
+    })?;
+    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    let mut o = String::new();
+    outln!(
+        o,
+        "wrote {} (preset {}, seed {}, {} layers, {:.1} MB, {quant} weights, qwen2 GGUF)",
+        written.path.display(),
+        args.preset,
+        args.seed,
+        written.config.num_hidden_layers,
+        bytes as f64 / 1e6,
+    );
+    crate::output::emit(&o)
+}
+
 /// Fails early, naming the path, when `out` cannot be created or written.
-fn check_writable(out: &std::path::Path) -> Result<()> {
+fn check_writable(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--out {} exists and is not a directory", out.display())
     }

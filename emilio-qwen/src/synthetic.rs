@@ -13,6 +13,8 @@
 //!   vocabulary; plus `tokenizer_config.json` with a ChatML chat template and
 //!   `generation_config.json`.
 //!
+//! [`gguf::write_gguf`] writes the same weights and tokenizer as one Qwen2 GGUF file.
+//!
 //! Weights depend only on the seed and the tensor's name (each tensor, and each chunk of it, has
 //! its own generator), so tied and untied checkpoints with one seed share every common tensor,
 //! and the result does not depend on the number of threads.
@@ -49,6 +51,11 @@ use crate::loading::{CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 
 /// The special tokens the synthetic tokenizer has, named where generation stops at them.
 pub use crate::generation::{ENDOFTEXT, IM_END, IM_START};
+
+// The same checkpoints as one Qwen2 GGUF file (llama.cpp's tensor names, f16/q8_0/q4_0 weights,
+// the tokenizer in tokenizer.ggml.* metadata), for the GGUF path without a network. Its docs are
+// the module's own (one doc comment, so its links resolve inside it).
+pub mod gguf;
 
 /// Standard deviation of the synthetic linear, bias and embedding weights.
 pub const WEIGHT_STD: f64 = 0.02;

@@ -16,7 +16,7 @@
 //!
 //! [`special_tokens`] reads BOS/EOS/EOT/padding ids (the stop tokens), and [`gguf_metadata`] is
 //! the inverse of [`from_gguf`]: the metadata keys of an existing byte-level BPE tokenizer, which
-//! `synthetic::write_gguf` writes and the tests round-trip through [`from_gguf`].
+//! [`crate::synthetic::gguf::write_gguf`] writes and the tests round-trip through [`from_gguf`].
 //!
 //! Every malformed input (a missing or ill-typed key, a token-type list of another length than
 //! the vocabulary, a merge that names an unknown token, an unsupported model type) is an error
