@@ -73,7 +73,12 @@ fn stock_quantized_backend_generates() {
         ],
     );
     // Its tokens are checked against stock's in tests/tests/smollm2.rs; here, that it runs.
-    assert!(!out.stdout.trim().is_empty(), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        !out.stdout.trim().is_empty(),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     assert!(
         out.stderr.contains("stock-quantized backend"),
         "{}",

@@ -17,7 +17,8 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{quantized_qwen2, qwen2 as stock};
-use emilio_qwen::synthetic::gguf::{gguf_tensor_name, write_gguf, GgufQuant};
+use emilio_qwen::gguf::hf_to_gguf_name;
+use emilio_qwen::synthetic::gguf::{write_gguf, GgufQuant};
 use emilio_qwen::synthetic::{
     self, qwen2_tensor_shapes, write_checkpoint, Preset, SyntheticSpec, ENDOFTEXT, IM_END,
 };
@@ -143,7 +144,7 @@ fn written_gguf_has_every_key_and_tensor() {
                 } else {
                     weight_type
                 };
-                (gguf_tensor_name(&name).unwrap(), (dims, t))
+                (hf_to_gguf_name(&name).unwrap(), (dims, t))
             })
             .collect();
         assert_eq!(content.tensor_infos.len(), want.len(), "{quant}");
@@ -189,7 +190,7 @@ fn gguf_weights_are_the_checkpoints() {
             .to_vec1::<f32>()
             .unwrap();
         let got = content
-            .tensor(&mut f, &gguf_tensor_name(&name).unwrap(), &Device::Cpu)
+            .tensor(&mut f, &hf_to_gguf_name(&name).unwrap(), &Device::Cpu)
             .unwrap()
             .dequantize(&Device::Cpu)
             .unwrap()

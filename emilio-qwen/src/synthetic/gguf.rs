@@ -24,7 +24,8 @@ use super::{
     qwen2_tensor_shapes, synthetic_tensor, tokenizer, tokenizer_special_id, SyntheticSpec,
     CHAT_TEMPLATE, ENDOFTEXT, IM_END,
 };
-use crate::model::Config;
+use crate::config::Config;
+use crate::gguf::hf_to_gguf_name;
 use crate::tokenizer::{gguf_metadata, GgufSpecialTokens, CHAT_TEMPLATE_KEY};
 
 /// The storage type of a synthetic GGUF's linear weights and embedding.
@@ -103,34 +104,6 @@ pub struct SyntheticGguf {
     pub quant: GgufQuant,
     /// Every tensor: GGUF name, shape (Candle's order, `[out, in]`) and type, in file order.
     pub tensors: Vec<(String, Vec<usize>, GgmlDType)>,
-}
-
-/// llama.cpp's GGUF name of a Qwen2 checkpoint tensor (`model.layers.3.mlp.up_proj.weight` →
-/// `blk.3.ffn_up.weight`); `None` for a name Qwen2 does not have.
-pub fn gguf_tensor_name(name: &str) -> Option<String> {
-    match name {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (module, kind) = rest.rsplit_once('.')?;
-    let gguf = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
-    };
-    matches!(kind, "weight" | "bias").then(|| format!("blk.{layer}.{gguf}.{kind}"))
 }
 
 /// The GGML type a Qwen2 tensor is stored as: norms and biases (1-D) in `f32`, as llama.cpp
@@ -268,7 +241,7 @@ pub fn write_gguf(path: &Path, spec: &SyntheticSpec, quant: GgufQuant) -> Result
     let result = (|| -> Result<Vec<(String, Vec<usize>, GgmlDType)>> {
         let mut tensors = Vec::with_capacity(shapes.len());
         for (name, dims) in &shapes {
-            let gguf_name = gguf_tensor_name(name)
+            let gguf_name = hf_to_gguf_name(name)
                 .ok_or_else(|| Error::msg(format!("no GGUF name for tensor {name}")))?;
             let t = synthetic_tensor(name, dims, spec.seed, spec.dtype)?.to_dtype(DType::F32)?;
             let q = QTensor::quantize(&t, stored_type(dims, quant))
@@ -319,41 +292,6 @@ fn temp_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tensor_names_follow_llama_cpp() {
-        for (hf, gguf) in [
-            ("model.embed_tokens.weight", "token_embd.weight"),
-            ("model.norm.weight", "output_norm.weight"),
-            ("lm_head.weight", "output.weight"),
-            ("model.layers.0.self_attn.q_proj.bias", "blk.0.attn_q.bias"),
-            (
-                "model.layers.12.self_attn.o_proj.weight",
-                "blk.12.attn_output.weight",
-            ),
-            (
-                "model.layers.2.mlp.down_proj.weight",
-                "blk.2.ffn_down.weight",
-            ),
-            (
-                "model.layers.2.input_layernorm.weight",
-                "blk.2.attn_norm.weight",
-            ),
-            (
-                "model.layers.2.post_attention_layernorm.weight",
-                "blk.2.ffn_norm.weight",
-            ),
-        ] {
-            assert_eq!(gguf_tensor_name(hf).as_deref(), Some(gguf), "{hf}");
-        }
-        for bad in [
-            "model.layers.x.mlp.up_proj.weight",
-            "model.layers.1.mlp.foo.weight",
-            "x",
-        ] {
-            assert_eq!(gguf_tensor_name(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn rows_must_be_whole_blocks() {
