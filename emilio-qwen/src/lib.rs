@@ -11,6 +11,8 @@
 //! - [`loading`]: a checkpoint directory (`model.safetensors` or a sharded index), memory-mapped
 //!   and converted layer by layer, with clear errors; also builds stock's model for A/B runs.
 //! - [`synthetic`]: seeded offline checkpoints (config, weights, tokenizer) at preset sizes.
+//! - [`chat`]: a model's own chat template (Hugging Face's Jinja, from `tokenizer_config.json`
+//!   or GGUF metadata), rendered as transformers renders it.
 //! - [`generation`]: the generation engine every command runs (prefill, decode steps, stop
 //!   tokens, sampling, timings), over this model or stock's.
 //!
@@ -31,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod compare;
 pub mod generation;
 pub mod loading;
