@@ -14,7 +14,8 @@ use emilio_qwen::compare::{argmax, kl_divergence, max_rel_err};
 use emilio_qwen::generation::{stop_ids, Generator, Recorder, Timings};
 
 use crate::cli::{AbArgs, Backend};
-use crate::generate::{encode_prompt, fit_context};
+use crate::generate::fit_context;
+use crate::prompt::{encode_prompt, model_template};
 use crate::runner::Runner;
 use crate::{device, source};
 
@@ -130,7 +131,8 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let device = device::open(args.model.device)?;
     let files = source::resolve(&args.model.model, &args.model.revision)?;
     let tokenizer = files.tokenizer()?;
-    let prompt = encode_prompt(&tokenizer, &args.prompt)?;
+    let template = model_template(&args.model, &files.tokenizer_path)?;
+    let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;
     let max_pos = files.checkpoint.config.max_position_embeddings;
     let n = fit_context(prompt.len(), args.max_tokens, max_pos)?.max(1);
     let stops = stop_ids(&tokenizer);

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use emilio_qwen::generation::{sampling, stop_ids, Generator, Sampled};
-use tokenizers::Tokenizer;
 
-use crate::cli::{GenerateArgs, PromptArgs};
+use crate::cli::{GenerateArgs, SamplingArgs};
+use crate::prompt::{encode_prompt, model_template};
 use crate::runner::Runner;
 use crate::stream::TextStream;
 use crate::{device, source};
@@ -15,7 +15,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = device::open(args.model.device)?;
     let files = source::resolve(&args.model.model, &args.model.revision)?;
     let tokenizer = files.tokenizer()?;
-    let prompt = encode_prompt(&tokenizer, &args.prompt)?;
+    let template = model_template(&args.model, &files.tokenizer_path)?;
+    let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;
     let max_pos = files.checkpoint.config.max_position_embeddings;
     let max_tokens = fit_context(prompt.len(), args.max_tokens, max_pos)?;
     let (mut model, load_time) = Runner::load(
@@ -26,10 +27,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         &device,
     )?;
 
-    let sampler = Sampled::new(args.seed, sampling(args.temperature, args.top_p))
-        .with_repeat_penalty(args.repeat_penalty, args.repeat_last_n);
-    let mut generator =
-        Generator::new(&mut model, sampler, &device).with_stop_tokens(stop_ids(&tokenizer));
+    let mut generator = Generator::new(&mut model, sampler(&args.sampling), &device)
+        .with_stop_tokens(stop_ids(&tokenizer));
     let mut stream = TextStream::new(&tokenizer);
     let mut out = std::io::stdout().lock();
     let generated = generator.run(&prompt, max_tokens, |token| -> Result<()> {
@@ -59,29 +58,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The prompt's token ids: through the ChatML template of Qwen instruct models unless
-/// `--no-chat`, or when the tokenizer has no `<|im_start|>` (a base model's).
-pub fn encode_prompt(tokenizer: &Tokenizer, args: &PromptArgs) -> Result<Vec<u32>> {
-    if args.prompt.trim().is_empty() {
-        bail!("the prompt is empty: pass some text with --prompt")
-    }
-    let chat = !args.no_chat && tokenizer.token_to_id("<|im_start|>").is_some();
-    let text = if chat {
-        format!(
-            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-            args.system, args.prompt
-        )
-    } else {
-        args.prompt.clone()
-    };
-    let encoding = tokenizer
-        .encode(text, false)
-        .map_err(|e| anyhow!("cannot tokenize the prompt: {e}"))?;
-    let ids = encoding.get_ids().to_vec();
-    if ids.is_empty() {
-        bail!("the prompt tokenizes to no tokens")
-    }
-    Ok(ids)
+/// The sampler `--temperature`, `--top-p`, `--seed` and `--repeat-penalty` ask for.
+pub fn sampler(args: &SamplingArgs) -> Sampled {
+    Sampled::new(args.seed, sampling(args.temperature, args.top_p))
+        .with_repeat_penalty(args.repeat_penalty, args.repeat_last_n)
 }
 
 /// How many tokens can be generated after `prompt_len` within a context of `max_pos`.
