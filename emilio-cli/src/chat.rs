@@ -111,6 +111,10 @@ struct Turn {
     reused: usize,
     /// The turn's prefill and decode timings.
     timings: Timings,
+    /// Tokens of the reply (a stop token not counted).
+    reply_tokens: usize,
+    /// Whether a stop token ended the reply (else the token budget did).
+    stopped: bool,
 }
 
 /// A conversation and the model state that holds it.
@@ -279,6 +283,8 @@ impl<M: CausalLM, S: Sampler> Chat<'_, M, S> {
                 prefill: after.prefill - before.prefill,
                 decode: after.decode[before.decode.len()..].to_vec(),
             },
+            reply_tokens: reply.len(),
+            stopped,
         };
         if self.verbose {
             eprintln!("turn {}: {}", self.history.len() / 2, describe(&turn));
@@ -302,15 +308,23 @@ impl<M: CausalLM, S: Sampler> Chat<'_, M, S> {
     }
 }
 
-/// "prefill P new tokens after C cached at R tok/s; decode D tokens at S tok/s".
+/// "prefill P new tokens after C cached at R tok/s; decode D tokens at S tok/s; reply N tokens,
+/// ended by a stop token" (or "cut at the token limit").
 fn describe(turn: &Turn) -> String {
     let t = &turn.timings;
     format!(
-        "prefill {} new tokens after {} cached at {:.1} tok/s; decode {} tokens at {:.1} tok/s",
+        "prefill {} new tokens after {} cached at {:.1} tok/s; decode {} tokens at {:.1} tok/s; \
+         reply {} tokens, {}",
         t.prefill_tokens,
         turn.reused,
         t.prefill_tok_s(),
         t.decode.len(),
-        t.decode_tok_s()
+        t.decode_tok_s(),
+        turn.reply_tokens,
+        if turn.stopped {
+            "ended by a stop token"
+        } else {
+            "cut at the token limit"
+        }
     )
 }
