@@ -211,8 +211,9 @@ impl<M: CausalLM, S: Sampler> Chat<'_, M, S> {
             Some(suffix) => suffix,
             None => {
                 eprintln!(
-                    "note: the chat template rewrote earlier turns; prefilling the whole \
-                     conversation again"
+                    "note: the conversation, rendered anew, does not extend the text in the \
+                     cache (the chat template rewrote earlier turns, or a reply was cut inside \
+                     a character); prefilling the whole conversation again"
                 );
                 self.generator.reset();
                 self.cached_text.clear();
