@@ -14,7 +14,8 @@ use emilio_qwen::compare::{argmax, kl_divergence, max_rel_err};
 use emilio_qwen::generation::{Generator, Recorder, Timings};
 
 use crate::cli::{AbArgs, Backend};
-use crate::generate::{encode_prompt, fit_context};
+use crate::generate::fit_context;
+use crate::prompt::encode_prompt;
 use crate::runner::{Load, Runner};
 use crate::{device, source};
 
@@ -134,7 +135,8 @@ pub fn run(args: &AbArgs) -> Result<()> {
         args.model.gguf.as_deref(),
     )?;
     let tokenizer = files.tokenizer()?;
-    let prompt = encode_prompt(&tokenizer, &args.prompt)?;
+    let template = files.chat_template()?;
+    let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;
     let n = fit_context(prompt.len(), args.max_tokens, files.max_positions())?.max(1);
     // `--no-stop`: a fixed number of compared positions, past any end of the reply.
     let stops = match args.no_stop {

@@ -20,6 +20,15 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt, streaming tokens to stdout.
     Generate(GenerateArgs),
+    /// Chat turn by turn: user lines from stdin, replies streamed to stdout.
+    ///
+    /// Each line read from stdin is a user turn (a pipe works too); the reply is streamed to
+    /// stdout, while the prompt, notes and the answers to commands go to stderr. Earlier turns
+    /// stay in the KV cache, so a turn prefills only its own tokens. Lines starting with `/` are
+    /// commands: /reset (forget the conversation), /system TEXT (set the system message and
+    /// reset; /system alone goes back to the template's default), /stats (context used, last
+    /// turn's speeds), /help, /quit. Ctrl-D (end of input) ends the chat.
+    Chat(ChatArgs),
     /// Compare the log-domain model with stock Candle on the same weights and prompt.
     Ab(AbArgs),
     /// Benchmark the op or the model against stock Candle, in the same run.
@@ -121,29 +130,19 @@ pub struct PromptArgs {
     /// The prompt (or the user message, with the chat template).
     #[arg(long, short)]
     pub prompt: String,
-    /// System message for the chat template.
-    #[arg(
-        long,
-        default_value = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-    )]
-    pub system: String,
+    /// System message for the model's chat template. Without it the template decides (most
+    /// instruct models' templates insert a default one); `--system ""` passes an empty system
+    /// message, which replaces that default.
+    #[arg(long)]
+    pub system: Option<String>,
     /// Raw completion: send the prompt as is, without the chat template.
     #[arg(long)]
     pub no_chat: bool,
 }
 
+/// How the next token is chosen.
 #[derive(Debug, Args)]
-pub struct GenerateArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub prompt: PromptArgs,
-    /// Which implementation runs the model.
-    #[arg(long, value_enum, default_value_t = Backend::Emilio)]
-    pub backend: Backend,
-    /// Most tokens to generate (generation also stops at the model's end-of-sequence tokens).
-    #[arg(long, default_value_t = 256, value_parser = at_least_one())]
-    pub max_tokens: usize,
+pub struct SamplingArgs {
     /// Sampling temperature; 0 means greedy (argmax).
     #[arg(long, default_value_t = 0.0, value_parser = parse_temperature, allow_negative_numbers = true)]
     pub temperature: f64,
@@ -159,6 +158,45 @@ pub struct GenerateArgs {
     /// How many recent tokens the repeat penalty looks at.
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Which implementation runs the model.
+    #[arg(long, value_enum, default_value_t = Backend::Emilio)]
+    pub backend: Backend,
+    /// Most tokens to generate (generation also stops at the model's end-of-sequence tokens).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one())]
+    pub max_tokens: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// System message for the model's chat template. Without it the template decides (most
+    /// instruct models' templates insert a default one); `--system ""` passes an empty system
+    /// message, which replaces that default. `/system TEXT` changes it during the chat.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Which implementation runs the model.
+    #[arg(long, value_enum, default_value_t = Backend::Emilio)]
+    pub backend: Backend,
+    /// Most tokens of one reply (a reply also stops at <|im_end|> / <|endoftext|>).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one())]
+    pub max_tokens: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// After each reply, print on stderr what the turn cost: the tokens it prefilled (its own
+    /// only; earlier turns stay in the KV cache), the tokens it decoded, and their speeds.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use emilio_qwen::generation::{sampling, Generator, Sampled};
-use tokenizers::Tokenizer;
 
-use crate::cli::{GenerateArgs, PromptArgs};
+use crate::cli::{GenerateArgs, SamplingArgs};
+use crate::prompt::encode_prompt;
 use crate::runner::Runner;
 use crate::stream::TextStream;
 use crate::{device, source};
@@ -19,7 +19,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         args.model.gguf.as_deref(),
     )?;
     let tokenizer = files.tokenizer()?;
-    let prompt = encode_prompt(&tokenizer, &args.prompt)?;
+    let template = files.chat_template()?;
+    let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;
     let stops = files.stop_tokens(&tokenizer)?;
     let (mut model, load) = Runner::load(
         &files,
@@ -30,9 +31,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     )?;
     let max_tokens = fit_context(prompt.len(), args.max_tokens, model.max_positions(&files))?;
 
-    let sampler = Sampled::new(args.seed, sampling(args.temperature, args.top_p))
-        .with_repeat_penalty(args.repeat_penalty, args.repeat_last_n);
-    let mut generator = Generator::new(&mut model, sampler, &device).with_stop_tokens(stops);
+    let mut generator =
+        Generator::new(&mut model, sampler(&args.sampling), &device).with_stop_tokens(stops);
     let mut stream = TextStream::new(&tokenizer);
     let mut out = std::io::stdout().lock();
     let generated = generator.run(&prompt, max_tokens, |token| -> Result<()> {
@@ -66,29 +66,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The prompt's token ids: through the ChatML template of Qwen instruct models unless
-/// `--no-chat`, or when the tokenizer has no `<|im_start|>` (a base model's).
-pub fn encode_prompt(tokenizer: &Tokenizer, args: &PromptArgs) -> Result<Vec<u32>> {
-    if args.prompt.trim().is_empty() {
-        bail!("the prompt is empty: pass some text with --prompt")
-    }
-    let chat = !args.no_chat && tokenizer.token_to_id("<|im_start|>").is_some();
-    let text = if chat {
-        format!(
-            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-            args.system, args.prompt
-        )
-    } else {
-        args.prompt.clone()
-    };
-    let encoding = tokenizer
-        .encode(text, false)
-        .map_err(|e| anyhow!("cannot tokenize the prompt: {e}"))?;
-    let ids = encoding.get_ids().to_vec();
-    if ids.is_empty() {
-        bail!("the prompt tokenizes to no tokens")
-    }
-    Ok(ids)
+/// The sampler `--temperature`, `--top-p`, `--seed` and `--repeat-penalty` ask for.
+pub fn sampler(args: &SamplingArgs) -> Sampled {
+    Sampled::new(args.seed, sampling(args.temperature, args.top_p))
+        .with_repeat_penalty(args.repeat_penalty, args.repeat_last_n)
 }
 
 /// How many tokens can be generated after `prompt_len` within a context of `max_pos`.

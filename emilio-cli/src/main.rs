@@ -5,10 +5,12 @@ mod output;
 
 mod ab;
 mod bench;
+mod chat;
 mod cli;
 mod device;
 mod generate;
 mod memory;
+mod prompt;
 mod runner;
 mod source;
 mod stream;
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Generate(args) => generate::run(&args),
+        cli::Command::Chat(args) => chat::run(&args),
         cli::Command::Ab(args) => ab::run(&args),
         cli::Command::Bench(args) => bench::run(&args),
         cli::Command::Synth(args) => synth::run(&args),

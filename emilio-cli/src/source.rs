@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use emilio_qwen::chat::ChatTemplate;
 use emilio_qwen::generation::stop_ids;
 use emilio_qwen::loading::{
     read_index, Checkpoint, CONFIG_FILE, GENERATION_CONFIG_FILE, INDEX_FILE, TOKENIZER_CONFIG_FILE,
@@ -39,6 +40,21 @@ impl ModelFiles {
                 &gguf.path().display().to_string(),
             )?),
             None => bail!("{} has no tokenizer", self.label),
+        }
+    }
+
+    /// The model's own chat template: from `tokenizer_config.json` when the model has one,
+    /// else a GGUF file's `tokenizer.chat_template`; `None` when it has neither (a base model).
+    pub fn chat_template(&self) -> Result<Option<ChatTemplate>> {
+        if let Some(path) = &self.tokenizer_config_path {
+            if let Some(template) = ChatTemplate::from_tokenizer_config(path)? {
+                return Ok(Some(template));
+            }
+        }
+        match &self.checkpoint.gguf {
+            Some(gguf) => Ok(ChatTemplate::from_gguf_metadata(gguf.metadata())
+                .with_context(|| format!("the chat template of {}", gguf.path().display()))?),
+            None => Ok(None),
         }
     }
 
@@ -198,8 +214,20 @@ fn hub(model_id: &str, revision: &str) -> Result<ModelFiles> {
     let config_path = fetch(CONFIG_FILE)?;
     let tokenizer_path = fetch(TOKENIZER_FILE)?;
     // Optional: the chat template and the stop ids (a base model may have neither).
-    let tokenizer_config_path = fetch(TOKENIZER_CONFIG_FILE).ok();
-    let _ = fetch(GENERATION_CONFIG_FILE);
+    let optional = |file: &str| match fetch(file) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            let detail = format!("{e:#}");
+            if !detail.contains("404") {
+                eprintln!(
+                    "note: could not fetch {file} of {model_id} ({detail}); going without it"
+                );
+            }
+            None
+        }
+    };
+    let tokenizer_config_path = optional(TOKENIZER_CONFIG_FILE);
+    optional(GENERATION_CONFIG_FILE);
     let weight_files = match fetch(WEIGHTS_FILE) {
         Ok(single) => vec![single],
         Err(single_err) => {

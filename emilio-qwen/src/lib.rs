@@ -14,6 +14,8 @@
 //!   or a GGUF file ([`gguf`], dequantized tensor by tensor), converted layer by layer, with
 //!   clear errors; also builds stock's model for A/B runs ([`reference`]).
 //! - [`synthetic`]: seeded offline checkpoints (config, weights, tokenizer) at preset sizes.
+//! - [`chat`]: a model's own chat template (Hugging Face's Jinja, from `tokenizer_config.json`
+//!   or GGUF metadata), rendered as transformers renders it.
 //! - [`generation`]: the generation engine every command runs (prefill, decode steps, stop
 //!   tokens, sampling, timings), over this model or stock's.
 //! - [`tokenizer`]: a Hugging Face tokenizer rebuilt from a GGUF file's `tokenizer.ggml.*`
@@ -38,6 +40,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod compare;
 pub mod config;
 pub mod generation;

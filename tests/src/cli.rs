@@ -7,6 +7,7 @@
 //!   at a closed local port (hf-hub 0.4 ignores `HF_HUB_OFFLINE` but honours `HF_ENDPOINT`), no
 //!   proxy, no token, and no `RUST_BACKTRACE` (so a panic shows its "run with RUST_BACKTRACE"
 //!   note, which the error checks look for).
+//! - [`Sandbox::run_with_input`] pipes text into a command's stdin (`emilio chat`).
 //! - [`Run`] is a finished command: exit status, stdout, stderr, with assertions that print
 //!   all of them on failure ([`Run::ok`], [`Run::fails_with`]).
 //! - [`Timing`] parses `generate`'s timing line; [`safetensors_header`] reads a weight
@@ -172,6 +173,15 @@ impl Sandbox {
         run(self.command(args))
     }
 
+    /// Runs `emilio ARGS` with `input` on its stdin (see [`Sandbox::command`]).
+    pub fn run_with_input<I, S>(&self, args: I, input: &str) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run_with_input(self.command(args), input)
+    }
+
     /// `emilio synth --preset tiny --seed SEED --out NAME EXTRA...` in the sandbox; panics
     /// unless it succeeds. Returns the checkpoint directory.
     pub fn synth_tiny(&self, name: &str, seed: u64, extra: &[&str]) -> PathBuf {
@@ -190,16 +200,37 @@ impl Sandbox {
 
 /// Runs `cmd` with piped stdout and stderr, killing it (and failing) after
 /// [`COMMAND_TIMEOUT`].
-pub fn run(mut cmd: Command) -> Run {
+pub fn run(cmd: Command) -> Run {
+    run_inner(cmd, None)
+}
+
+/// [`run`], with `input` written to the command's stdin (which is then closed).
+pub fn run_with_input(mut cmd: Command, input: &str) -> Run {
+    cmd.stdin(Stdio::piped());
+    run_inner(cmd, Some(input.to_string()))
+}
+
+fn run_inner(mut cmd: Command, input: Option<String>) -> Run {
     let cmdline = describe(&cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start `{cmdline}`: {e}"));
+    // Written from a thread, so a command that prints before reading all its input cannot
+    // deadlock against us; dropping the pipe closes the command's stdin (end of input).
+    let writer = input.map(|input| {
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, input.as_bytes());
+        })
+    });
     let stdout = read_in_background(child.stdout.take());
     let stderr = read_in_background(child.stderr.take());
     let status = wait_with_timeout(&mut child, &cmdline, COMMAND_TIMEOUT);
+    if let Some(writer) = writer {
+        writer.join().expect("stdin writer");
+    }
     Run {
         cmdline,
         status,

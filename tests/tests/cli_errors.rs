@@ -243,8 +243,19 @@ fn prompt_beyond_the_context() {
         sb.run([cmd, "--model", s(&dir), "--no-chat", "--prompt", &long])
             .fails_with(&["prompt", "128", "context"]);
     }
-    // With the chat template, a prompt that alone fits can still overflow.
-    let medium: String = (0..30).map(|i| format!("w{i} ")).collect();
+    // With the chat template, a prompt that alone fits (111 tokens) can still overflow (151).
+    let medium: String = (0..40).map(|i| format!("w{i} ")).collect();
+    sb.run([
+        "generate",
+        "--model",
+        s(&dir),
+        "--no-chat",
+        "--prompt",
+        &medium,
+        "--max-tokens",
+        "1",
+    ])
+    .ok();
     sb.run(["generate", "--model", s(&dir), "--prompt", &medium])
         .fails_with(&["prompt", "128"]);
 }

@@ -9,8 +9,9 @@ use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
 use emilio_tests::cli::{Run, Sandbox};
 
 const PROMPTS: [&str; 3] = ["Hello world", "The quick brown fox", "1 2 3 4"];
-/// The system message `generate` uses when `--system` is not given.
-const DEFAULT_SYSTEM: &str = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+/// The system message the synthetic checkpoints' chat template (in their
+/// `tokenizer_config.json`) inserts when the conversation has none.
+const TEMPLATE_SYSTEM: &str = "You are a helpful assistant.";
 
 fn generate(sb: &Sandbox, model: &Path, prompt: &str, extra: &[&str]) -> Run {
     let mut args = vec![
@@ -136,27 +137,69 @@ fn chat_template_and_system_message_shape_the_prompt() {
     let sb = Sandbox::new();
     let model = sb.synth_tiny("tiny", 1, &[]);
     let user = "Hello world";
-    let chat = generate(&sb, &model, user, &["--max-tokens", "2"]).timing();
+    let prefill = |extra: &[&str]| {
+        let args: Vec<&str> = ["--max-tokens", "2"].iter().chain(extra).copied().collect();
+        generate(&sb, &model, user, &args).timing().prefill_tokens
+    };
+    // No --system: the template's own default system message.
     assert_eq!(
-        chat.prefill_tokens,
-        token_count(&model, &chatml(DEFAULT_SYSTEM, user)),
-        "{chat:?}"
+        prefill(&[]),
+        token_count(&model, &chatml(TEMPLATE_SYSTEM, user))
     );
     let system = "Be brief.";
-    let custom = generate(
-        &sb,
-        &model,
-        user,
-        &["--max-tokens", "2", "--system", system],
-    )
-    .timing();
     assert_eq!(
-        custom.prefill_tokens,
-        token_count(&model, &chatml(system, user)),
-        "{custom:?}"
+        prefill(&["--system", system]),
+        token_count(&model, &chatml(system, user))
     );
-    let raw = generate(&sb, &model, user, &["--max-tokens", "2", "--no-chat"]).timing();
-    assert_eq!(raw.prefill_tokens, token_count(&model, user), "{raw:?}");
+    // An explicitly empty system message replaces the default.
+    assert_eq!(
+        prefill(&["--system", ""]),
+        token_count(&model, &chatml("", user))
+    );
+    assert_eq!(prefill(&["--no-chat"]), token_count(&model, user));
+}
+
+#[test]
+fn the_prompt_follows_the_template_in_tokenizer_config() {
+    let sb = Sandbox::new();
+    let model = sb.synth_tiny("tiny", 1, &[]);
+    let user = "Hello world";
+    let config_path = model.join("tokenizer_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    // A template with a default system message of its own (SmolLM2's) is the one used.
+    let smollm = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+    config["chat_template"] =
+        include_str!("../../emilio-qwen/tests/fixtures/smollm2_chat_template.jinja").into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let run = generate(&sb, &model, user, &["--max-tokens", "2"]);
+    assert_eq!(
+        run.timing().prefill_tokens,
+        token_count(&model, &chatml(smollm, user)),
+        "{run}"
+    );
+    // A template that does not compile is an error naming the file.
+    config["chat_template"] = "{% for m in messages %}".into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    sb.run([
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        user,
+    ])
+    .fails_with(&["tokenizer_config.json", "does not compile"]);
+    // Without a template the tokenizer's ChatML tokens give plain ChatML, no system message.
+    std::fs::remove_file(&config_path).unwrap();
+    let run = generate(&sb, &model, user, &["--max-tokens", "2"]);
+    assert_eq!(
+        run.timing().prefill_tokens,
+        token_count(
+            &model,
+            &format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+        ),
+        "{run}"
+    );
 }
 
 #[test]
