@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use emilio_qwen::chat::{ChatTemplate, Message};
+use emilio_qwen::chat::{ChatTemplate, Message};
 use emilio_qwen::gguf::GgufFile;
 
 /// The SmolLM2 GGUF's path. Panics (failing the test, never skipping it) with how to fetch the
@@ -18,10 +19,14 @@ pub fn smollm2_tokenizer() -> tokenizers::Tokenizer {
     emilio_qwen::tokenizer::from_gguf(file.metadata(), "SmolLM2").unwrap()
 }
 
-/// A user message through SmolLM2's chat template (its default system message), as token ids.
+/// A user message through SmolLM2's own chat template, from the GGUF (with the template's
+/// default system message), as token ids.
 pub fn smollm2_chat_prompt(user: &str) -> Vec<u32> {
-    // MERGE-TODO: render with the template from the GGUF.
-    let text = format!("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n");
+    let file = GgufFile::open(smollm2_gguf()).unwrap();
+    let template = ChatTemplate::from_gguf_metadata(file.metadata())
+        .unwrap()
+        .expect("the SmolLM2 GGUF has a chat template");
+    let text = template.render(&[Message::user(user)], true).unwrap();
     smollm2_tokenizer()
         .encode(text, false)
         .unwrap()
