@@ -330,7 +330,7 @@ pub fn hf_to_gguf_name(name: &str) -> Option<String> {
 pub fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         bail!("cannot unpermute {rows} rows into {heads} heads of an even size")
     }
     let half = rows / heads / 2;

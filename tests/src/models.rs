@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use emilio_qwen::chat::{ChatTemplate, Message};
-use emilio_qwen::chat::{ChatTemplate, Message};
 use emilio_qwen::gguf::GgufFile;
 
 /// The SmolLM2 GGUF's path. Panics (failing the test, never skipping it) with how to fetch the

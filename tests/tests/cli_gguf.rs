@@ -51,7 +51,7 @@ fn generate_answers_paris_with_both_backends() {
             out.stdout,
             out.stderr
         );
-        assert!(out.stderr.contains(&format!("{backend}")), "{}", out.stderr);
+        assert!(out.stderr.contains(backend), "{}", out.stderr);
     }
 }
 

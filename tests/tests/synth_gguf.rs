@@ -221,7 +221,7 @@ fn stock_and_gguf_logits(
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(&ckpt.weight_files, DType::F32, &dev).unwrap()
     };
-    let mut reference = stock::ModelForCausalLM::new(&ckpt.config, vb).unwrap();
+    let mut reference = stock::ModelForCausalLM::new(&ckpt.config.to_stock_qwen2(), vb).unwrap();
     let path = dir.path().join("m.gguf");
     write_gguf(&path, gguf_spec, quant).unwrap();
     let mut f = std::fs::File::open(&path).unwrap();
