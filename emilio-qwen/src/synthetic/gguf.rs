@@ -331,4 +331,24 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn every_model_tensor_has_a_gguf_name() {
+        let cfg = crate::synthetic::SyntheticSpec::new(crate::synthetic::Preset::Tiny)
+            .with_tied(false)
+            .config()
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in crate::synthetic::qwen2_tensor_shapes(&cfg) {
+            let g = hf_to_gguf_name(&name).unwrap_or_else(|| panic!("{name} has no GGUF name"));
+            assert!(seen.insert(g.clone()), "{g} named twice");
+        }
+        for bad in [
+            "model.layers.x.mlp.up_proj.weight",
+            "model.layers.0.mlp.up_proj.scale",
+            "foo",
+        ] {
+            assert_eq!(hf_to_gguf_name(bad), None, "{bad}");
+        }
+    }
 }
