@@ -129,11 +129,7 @@ fn decode(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
 
 pub fn run(args: &AbArgs) -> Result<()> {
     let device = device::open(args.model.device)?;
-    let files = source::resolve(
-        &args.model.model,
-        &args.model.revision,
-        args.model.gguf.as_deref(),
-    )?;
+    let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let template = files.chat_template()?;
     let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;

@@ -34,11 +34,7 @@ anything else is your next message.";
 
 pub fn run(args: &ChatArgs) -> Result<()> {
     let device = device::open(args.model.device)?;
-    let files = source::resolve(
-        &args.model.model,
-        &args.model.revision,
-        args.model.gguf.as_deref(),
-    )?;
+    let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let own = files.chat_template()?;
     let template = chat_template(&tokenizer, own.as_ref()).ok_or_else(|| {

@@ -188,7 +188,7 @@ pub struct ChatArgs {
     /// Which implementation runs the model.
     #[arg(long, value_enum, default_value_t = Backend::Emilio)]
     pub backend: Backend,
-    /// Most tokens of one reply (a reply also stops at <|im_end|> / <|endoftext|>).
+    /// Most tokens of one reply (a reply also stops at the model's end-of-sequence tokens).
     #[arg(long, default_value_t = 256, value_parser = at_least_one())]
     pub max_tokens: usize,
     #[command(flatten)]

@@ -13,11 +13,7 @@ use crate::{device, source};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = device::open(args.model.device)?;
-    let files = source::resolve(
-        &args.model.model,
-        &args.model.revision,
-        args.model.gguf.as_deref(),
-    )?;
+    let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let template = files.chat_template()?;
     let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;

@@ -14,6 +14,8 @@ use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::{Repo, RepoType};
 use tokenizers::Tokenizer;
 
+use crate::cli::ModelArgs;
+
 /// A model located on disk, ready to load.
 pub struct ModelFiles {
     /// Configuration and weights.
@@ -74,6 +76,11 @@ impl ModelFiles {
     pub fn max_positions(&self) -> usize {
         self.checkpoint.config.max_position_embeddings
     }
+}
+
+/// The model the command-line options name: [`resolve`] of `--model`, `--revision`, `--gguf`.
+pub fn open(args: &ModelArgs) -> Result<ModelFiles> {
+    resolve(&args.model, &args.revision, args.gguf.as_deref())
 }
 
 /// Resolves `--model` (and `--gguf`):

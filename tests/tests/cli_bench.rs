@@ -45,16 +45,26 @@ fn bench_model_json() {
         assert_eq!(r["reps"], 1, "{run}");
         let prefill = positive(&r["prefill_ratio"], "prefill_ratio");
         let decode = positive(&r["decode_ratio"], "decode_ratio");
-        for side in ["stock", "emilio"] {
-            let s = &r[side];
+        let side = |name: &str| -> &Value {
+            r["backends"]
+                .as_array()
+                .expect("backends")
+                .iter()
+                .find(|b| b["backend"] == name)
+                .unwrap_or_else(|| panic!("no {name} backend: {run}"))
+        };
+        assert_eq!(r["backends"].as_array().unwrap().len(), 2, "{run}");
+        for name in ["stock", "emilio"] {
+            let s = side(name);
             positive(&s["prefill_tok_s"], "prefill_tok_s");
             positive(&s["decode_tok_s"], "decode_tok_s");
             positive(&s["weight_bytes_per_token"], "weight_bytes_per_token");
             let load = s["load_secs"].as_f64().expect("load_secs");
             assert!(load >= 0.0 && load.is_finite(), "{run}");
         }
-        let ratio =
-            |key: &str| r["emilio"][key].as_f64().unwrap() / r["stock"][key].as_f64().unwrap();
+        let ratio = |key: &str| {
+            side("emilio")[key].as_f64().unwrap() / side("stock")[key].as_f64().unwrap()
+        };
         assert!(
             (prefill / ratio("prefill_tok_s") - 1.0).abs() < 1e-9,
             "{run}"
@@ -62,6 +72,9 @@ fn bench_model_json() {
         assert!((decode / ratio("decode_tok_s") - 1.0).abs() < 1e-9, "{run}");
         // Stock reads f32 weights; emilio's f16 format reads about half as many bytes.
         let bytes = ratio("weight_bytes_per_token");
+        let reported = positive(&r["ratios"][0]["weight_bytes_ratio"], "weight_bytes_ratio");
+        assert!((reported / bytes - 1.0).abs() < 1e-9, "{run}");
+        assert_eq!(r["ratios"][0]["versus"], "stock", "{run}");
         if format == "f16" {
             assert!(
                 bytes > 0.4 && bytes < 0.75,

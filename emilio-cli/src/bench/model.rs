@@ -36,6 +36,8 @@ struct Ratio {
     versus: String,
     prefill_ratio: f64,
     decode_ratio: f64,
+    /// emilio's weight bytes per token over the other's (below 1: emilio reads fewer).
+    weight_bytes_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,11 +102,7 @@ fn backends(args: &BenchModelArgs, files: &ModelFiles) -> Result<Vec<Backend>> {
 
 pub fn run(args: &BenchModelArgs) -> Result<()> {
     let dev = device::open(args.model.device)?;
-    let files = source::resolve(
-        &args.model.model,
-        &args.model.revision,
-        args.model.gguf.as_deref(),
-    )?;
+    let files = source::open(&args.model)?;
     let cfg = files.checkpoint.config.clone();
     let chosen = backends(args, &files)?;
     let format = args.model.weight_format;
@@ -181,6 +179,8 @@ pub fn run(args: &BenchModelArgs) -> Result<()> {
                 versus: s.backend.clone(),
                 prefill_ratio: e.prefill_tok_s / s.prefill_tok_s,
                 decode_ratio: e.decode_tok_s / s.decode_tok_s,
+                weight_bytes_ratio: e.weight_bytes_per_token as f64
+                    / s.weight_bytes_per_token.max(1) as f64,
             })
             .collect(),
     };
@@ -265,10 +265,11 @@ fn table(report: &ModelReport) -> String {
     for r in &report.ratios {
         outln!(
             o,
-            "{:<22} {:>13.3}x {:>12.3}x",
+            "{:<22} {:>13.3}x {:>12.3}x {:>15.3}x",
             format!("emilio / {}", r.versus),
             r.prefill_ratio,
-            r.decode_ratio
+            r.decode_ratio,
+            r.weight_bytes_ratio
         );
     }
     if let (Some(model), Some(largest)) =
