@@ -201,7 +201,20 @@ impl Checkpoint {
     /// Stock (and this fork) tie the head to the embedding whenever `lm_head.weight` is absent.
     /// When the configuration says the embeddings are *not* tied, an absent head means a broken
     /// checkpoint: say so instead of silently using the embedding.
+    ///
+    /// Likewise a checkpoint whose config says there are no attention biases (Llama) but whose
+    /// weights have them would be run without them: an error, not a silently different model.
     fn check_head(&self, vb: &VarBuilder) -> Result<()> {
+        let bias = "model.layers.0.self_attn.q_proj.bias";
+        if !self.config.attention_bias && vb.contains_tensor(bias) {
+            bail!(
+                "{} holds {bias}, but its configuration ({}) says the attention has no biases \
+                 ({} model, attention_bias false); fix attention_bias or the architecture",
+                self.describe(),
+                self.config_path.display(),
+                self.config.architecture
+            )
+        }
         if !self.config.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
             bail!(
                 "cannot find tensor lm_head.weight in {}: the configuration has \

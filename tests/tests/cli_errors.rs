@@ -200,16 +200,23 @@ fn unsupported_architecture() {
     let dir = checkpoint(&sb, "ckpt");
     let path = dir.join("config.json");
     let original: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let mut llama = original.clone();
-    llama["model_type"] = "llama".into();
-    llama["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
-    std::fs::write(&path, llama.to_string()).unwrap();
-    every_model_command_fails(&sb, s(&dir), &["llama", "qwen2", s(&path)]);
-    // Only the architecture list says llama.
-    let mut arch_only = original.clone();
-    arch_only["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
-    std::fs::write(&path, arch_only.to_string()).unwrap();
-    generate(&sb, s(&dir), &[]).fails_with(&["LlamaForCausalLM"]);
+    let mut mistral = original.clone();
+    mistral["model_type"] = "mistral".into();
+    mistral["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    std::fs::write(&path, mistral.to_string()).unwrap();
+    every_model_command_fails(&sb, s(&dir), &["mistral", "qwen2", "llama", s(&path)]);
+    // The two fields naming different families.
+    let mut contradiction = original.clone();
+    contradiction["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    std::fs::write(&path, contradiction.to_string()).unwrap();
+    generate(&sb, s(&dir), &[]).fails_with(&["LlamaForCausalLM", "contradicts"]);
+    // A Llama config with a rotary scaling other than llama3's.
+    let mut yarn = original.clone();
+    yarn["model_type"] = "llama".into();
+    yarn["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    yarn["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+    std::fs::write(&path, yarn.to_string()).unwrap();
+    generate(&sb, s(&dir), &[]).fails_with(&["rope_scaling", "\"yarn\"", "llama3"]);
 }
 
 #[test]

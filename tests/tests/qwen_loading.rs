@@ -75,9 +75,31 @@ fn non_qwen2_config_is_rejected_naming_what_was_found() {
             serde_json::json!(["LlamaForCausalLM"]),
         );
     });
+    // Llama is supported, but Qwen2's q/k/v biases do not belong to a Llama model: an error,
+    // not a model run without them.
     let e = expect_err("llama config", || load_ours(dir.path()));
-    assert!(e.contains("config.json") && e.contains("\"llama\""), "{e}");
-    assert!(e.contains("LlamaForCausalLM") && e.contains("Qwen2"), "{e}");
+    assert!(
+        e.contains("q_proj.bias") && e.contains("attention_bias"),
+        "{e}"
+    );
+    assert!(e.contains("config.json") && e.contains("llama"), "{e}");
+
+    edit_json(&ck.config_path, |c| {
+        c.insert("model_type".into(), "mistral".into());
+        c.insert(
+            "architectures".into(),
+            serde_json::json!(["MistralForCausalLM"]),
+        );
+    });
+    let e = expect_err("mistral config", || load_ours(dir.path()));
+    assert!(
+        e.contains("config.json") && e.contains("\"mistral\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("MistralForCausalLM") && e.contains("Qwen2"),
+        "{e}"
+    );
 
     // A Qwen2 model_type with another architecture (e.g. a vision-language head) is no better.
     edit_json(&ck.config_path, |c| {
