@@ -409,3 +409,70 @@ fn sharded_checkpoints_load_from_a_directory_and_the_hub_cache() {
     let from_hub = sb.run(&hub_args).ok();
     assert_eq!(from_hub.stdout, expected.stdout, "{from_hub}\n{expected}");
 }
+
+#[test]
+fn synthetic_qwen2_gguf_generates_like_its_checkpoint_and_loads_from_the_hub_cache() {
+    let sb = Sandbox::new();
+    // The same preset and seed as a directory and as an f16 GGUF (f16 holds the bf16 weights
+    // exactly, so the log-domain model is the same model).
+    let dir = sb.synth_tiny("tiny", 6, &[]);
+    let gguf_dir = sb.join("gguf");
+    std::fs::create_dir_all(&gguf_dir).unwrap();
+    let gguf = gguf_dir.join("tiny-f16.gguf");
+    sb.run([
+        "synth",
+        "--preset",
+        "tiny",
+        "--seed",
+        "6",
+        "--format",
+        "gguf",
+        "--quant",
+        "f16",
+        "--out",
+        gguf.to_str().unwrap(),
+    ])
+    .ok();
+    let prompt = "The quick brown fox";
+    let args = ["--max-tokens", "8", "--repeat-penalty", "3.0"];
+    let from_dir = generate(&sb, &dir, prompt, &args);
+    let from_gguf = generate(&sb, &gguf, prompt, &args);
+    assert_eq!(from_gguf.stdout, from_dir.stdout, "{from_gguf}\n{from_dir}");
+    // Candle's quantized Qwen2 runs the file too.
+    let mut q_args = args.to_vec();
+    q_args.extend(["--backend", "stock-quantized"]);
+    let quantized = generate(&sb, &gguf, prompt, &q_args);
+    assert!(
+        quantized.stderr.contains("stock-quantized backend"),
+        "{quantized}"
+    );
+
+    // --model ORG/NAME --gguf FILE: the one file, from the hub cache, offline.
+    put_in_hub_cache(&sb, "test-org/tiny-GGUF", "main", &gguf_dir);
+    let from_hub = sb
+        .run([
+            "generate",
+            "--model",
+            "test-org/tiny-GGUF",
+            "--gguf",
+            "tiny-f16.gguf",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "8",
+            "--repeat-penalty",
+            "3.0",
+        ])
+        .ok();
+    assert_eq!(from_hub.stdout, from_dir.stdout, "{from_hub}");
+    sb.run([
+        "generate",
+        "--model",
+        "test-org/tiny-GGUF",
+        "--gguf",
+        "absent.gguf",
+        "--prompt",
+        prompt,
+    ])
+    .fails_with(&["absent.gguf", "test-org/tiny-GGUF"]);
+}

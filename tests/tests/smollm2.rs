@@ -16,7 +16,9 @@
 //!   token, and so must emilio, whose shift is far smaller. The prompt was chosen, by that
 //!   measurement, for a long confident answer ([`CONFIDENT_PROMPT`]).
 
-use candle_core::{DType, Device};
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
 use emilio_qwen::compare::{argmax, kl_divergence};
 use emilio_qwen::generation::{CausalLM, Generator, Recorder};
 use emilio_qwen::loading::Checkpoint;
@@ -139,6 +141,89 @@ fn greedy_tokens_match_candle_quantized_llama_on_the_same_file() {
     assert_eq!(
         our_tokens, q_tokens,
         "emilio departs from Candle's quantized_llama"
+    );
+}
+
+/// SmolLM2 as a Hugging Face Llama checkpoint (`config.json` with `LlamaForCausalLM`, the GGUF's
+/// tensors dequantized into `model.safetensors` under Hugging Face names): the config reads the
+/// same as the GGUF's metadata and the model computes the same logits, bit for bit. Then with a
+/// Llama 3 `rope_scaling` added to the config: the log-domain model against stock Candle's
+/// `llama` (which implements that scaling) agrees to a KL below 1e-9, and the scaling changes
+/// the logits, so it was applied by both.
+#[test]
+fn llama_config_json_checkpoint_and_llama3_rope_scaling() {
+    let gguf = Checkpoint::from_gguf(smollm2_gguf()).unwrap();
+    let vb = gguf.var_builder(DType::F32, &Device::Cpu).unwrap();
+    let tensors: HashMap<String, Tensor> = gguf
+        .config
+        .tensor_shapes()
+        .into_iter()
+        .map(|(name, dims)| {
+            let t = vb.get(dims.as_slice(), &name).unwrap();
+            (name, t)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    drop(tensors);
+    let c = &gguf.config;
+    let mut config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads, "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta, "tie_word_embeddings": true, "hidden_act": "silu",
+        "rope_scaling": null,
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let ckpt = Checkpoint::from_dir(dir.path()).unwrap();
+    assert_eq!(&ckpt.config, c);
+
+    let prompt = smollm2_chat_prompt("What is the capital of France?");
+    let opts = Options::new(WeightFormat::F32);
+    let forced = |tokens: &[u32]| Recorder::forced(tokens.to_vec());
+    let mut from_gguf = gguf.load(DType::F32, &Device::Cpu, &opts).unwrap();
+    let (tokens, gguf_logits) = run(&mut from_gguf, &prompt, Recorder::greedy(), 12);
+    drop(from_gguf);
+    let mut from_dir = ckpt.load(DType::F32, &Device::Cpu, &opts).unwrap();
+    let (_, dir_logits) = run(&mut from_dir, &prompt, forced(&tokens), tokens.len());
+    drop(from_dir);
+    assert_eq!(
+        dir_logits, gguf_logits,
+        "config.json + safetensors differ from the GGUF"
+    );
+
+    config["rope_scaling"] = serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 1024,
+    });
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let scaled = Checkpoint::from_dir(dir.path()).unwrap();
+    assert!(scaled.config.rope_scaling.is_some());
+    let mut stock = scaled.load_stock(DType::F32, &Device::Cpu).unwrap();
+    let (_, stock_logits) = run(&mut stock, &prompt, forced(&tokens), tokens.len());
+    drop(stock);
+    let mut ours = scaled.load(DType::F32, &Device::Cpu, &opts).unwrap();
+    let (_, our_logits) = run(&mut ours, &prompt, forced(&tokens), tokens.len());
+    let kl_max = stock_logits
+        .iter()
+        .zip(&our_logits)
+        .map(|(s, o)| kl_divergence(s, o))
+        .fold(0.0, f64::max);
+    let moved = stock_logits
+        .iter()
+        .zip(&gguf_logits)
+        .flat_map(|(s, u)| s.iter().zip(u).map(|(a, b)| (a - b).abs()))
+        .fold(0f32, f32::max);
+    eprintln!(
+        "llama3 rope scaling: KL max {kl_max:.3e} against stock; logits moved by up to {moved:.3}"
+    );
+    assert!(kl_max.is_finite() && kl_max <= 1e-9, "KL max {kl_max}");
+    assert!(
+        moved > 1e-2,
+        "the scaling did not change the logits ({moved})"
     );
 }
 
