@@ -1,5 +1,7 @@
 //! The Qwen2 fork: `candle_transformers::models::qwen2` with every linear layer a [`LogLinear`]
-//! and both attention products [`log_matmul`].
+//! and both attention products [`log_matmul`]. It runs Llama-family models too ([`Config`]'s
+//! architecture): the same model without the q/k/v biases, with Llama's rotary tables (and Llama
+//! 3's frequency scaling), as stock `llama` computes them.
 //!
 //! Names, constructors, `forward` signatures and every non-product step (rotary embedding,
 //! RMSNorm, the causal and sliding-window mask, the KV cache, tied embeddings) are stock's, so
