@@ -425,9 +425,37 @@ impl<M: CausalLM, S: Sampler> Generator<M, S> {
             .forward(&input, self.tokens.len())?
             .squeeze(0)?
             .squeeze(0)?;
+        let position = self.tokens.len() + ids.len() - 1;
+        check_finite(&logits, position)?;
         self.tokens.extend_from_slice(ids);
         self.sampler.sample(&logits, &self.tokens)
     }
+}
+
+/// Errors when `logits` hold a NaN or an infinity: a sampler would otherwise turn them into a
+/// token (argmax of NaNs is token 0) and a comparison into perfect agreement. One reduction per
+/// step on the logits' device (their sum is NaN exactly when a value is NaN or both infinities
+/// appear, and infinite when one does; finite logits cannot overflow it in `f32`).
+fn check_finite(logits: &Tensor, position: usize) -> Result<()> {
+    let sum = logits.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    if sum.is_finite() {
+        return Ok(());
+    }
+    let values = logits
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    let Some(first) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(()); // finite values whose sum overflowed
+    };
+    bail!(
+        "the model's logits at position {position} are not finite ({bad} of {} values NaN or \
+         infinite, the first at token id {first}): a weight or activation is NaN or overflowed; \
+         check the weights for non-finite values and the config (rope_theta, rms_norm_eps) for \
+         impossible ones",
+        values.len()
+    )
 }
 
 #[cfg(test)]

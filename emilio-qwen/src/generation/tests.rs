@@ -341,3 +341,58 @@ fn stop_ids_are_the_tokenizers_ids_of_the_stop_tokens() {
     );
     assert_eq!(sampling(0.7, None), Sampling::All { temperature: 0.7 });
 }
+
+/// Logits that turn non-finite at a given position (a NaN, +inf or -inf at one token id).
+struct Poisoned {
+    at: usize,
+    value: f32,
+}
+
+impl CausalLM for Poisoned {
+    fn forward(&mut self, input_ids: &Tensor, seqlen_offset: usize) -> Result<Tensor> {
+        let n = input_ids.dim(1)?;
+        let mut logits = vec![0f32; VOCAB];
+        logits[1] = 1.0;
+        if seqlen_offset + n - 1 == self.at {
+            logits[5] = self.value;
+            if self.value.is_finite() {
+                logits[6] = self.value;
+            }
+        }
+        Tensor::from_vec(logits, (1, 1, VOCAB), &Device::Cpu)
+    }
+
+    fn clear_kv_cache(&mut self) {}
+}
+
+#[test]
+fn non_finite_logits_are_an_error_naming_the_position_not_a_token() {
+    for value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for at in [2, 4] {
+            let mut model = Poisoned { at, value };
+            let mut seen = Vec::new();
+            let err = Generator::new(&mut model, Greedy, &Device::Cpu)
+                .run(&[1, 2, 3], 8, |t| {
+                    seen.push(t);
+                    Ok::<_, Error>(())
+                })
+                .expect_err("non-finite logits must not be sampled");
+            let e = err.to_string();
+            assert!(
+                e.contains(&format!("position {at}")) && e.contains("token id 5"),
+                "{value} at {at}: {e}"
+            );
+            // Only the steps before the poisoned one produced tokens.
+            assert_eq!(seen.len(), at - 2, "{value} at {at}");
+        }
+    }
+    // Finite logits too large to sum in f32 are not mistaken for non-finite ones.
+    let mut model = Poisoned {
+        at: 2,
+        value: f32::MAX,
+    };
+    let out = Generator::new(&mut model, Greedy, &Device::Cpu)
+        .run(&[1, 2, 3], 1, |_| Ok::<_, Error>(()))
+        .unwrap();
+    assert_eq!(out.tokens, [5]);
+}
