@@ -121,6 +121,28 @@ fn non_qwen2_config_is_rejected_naming_what_was_found() {
 }
 
 #[test]
+fn physically_impossible_config_values_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = tiny(dir.path());
+    let original = std::fs::read(&ck.config_path).unwrap();
+    for (field, value) in [
+        ("rope_theta", serde_json::json!(0.0)),
+        ("rope_theta", serde_json::json!(-10000.0)),
+        ("rms_norm_eps", serde_json::json!(-1e-6)),
+    ] {
+        std::fs::write(&ck.config_path, &original).unwrap();
+        edit_json(&ck.config_path, |c| {
+            c.insert(field.into(), value.clone());
+        });
+        let e = expect_err(field, || load_ours(dir.path()));
+        assert!(
+            e.contains(field) && e.contains("config.json"),
+            "{field} {value}: {e}"
+        );
+    }
+}
+
+#[test]
 fn missing_or_corrupt_config_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let ck = tiny(dir.path());
