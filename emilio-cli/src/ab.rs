@@ -142,10 +142,10 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let format = args.model.weight_format;
     let dtype = args.model.dtype.dtype();
 
-    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, format, dtype, &device)?;
+    let (mut stock, stock_load) = Runner::load(&files, Backend::Stock, &args.model, &device)?;
     let stock_run = run_model(&mut stock, &prompt, n, Recorder::greedy(), &stops, &device)?;
     drop(stock);
-    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, format, dtype, &device)?;
+    let (mut emilio, emilio_load) = Runner::load(&files, Backend::Emilio, &args.model, &device)?;
     let forced = run_model(
         &mut emilio,
         &prompt,

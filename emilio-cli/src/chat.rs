@@ -46,13 +46,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         )
     })?;
     let stops = files.stop_tokens(&tokenizer)?;
-    let (mut model, load) = Runner::load(
-        &files,
-        args.backend,
-        args.model.weight_format,
-        args.model.dtype.dtype(),
-        &device,
-    )?;
+    let (mut model, load) = Runner::load(&files, args.backend, &args.model, &device)?;
     let context = model.max_positions(&files);
     let generator =
         Generator::new(&mut model, sampler(&args.sampling), &device).with_stop_tokens(stops);

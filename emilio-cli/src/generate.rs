@@ -18,13 +18,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let template = files.chat_template()?;
     let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;
     let stops = files.stop_tokens(&tokenizer)?;
-    let (mut model, load) = Runner::load(
-        &files,
-        args.backend,
-        args.model.weight_format,
-        args.model.dtype.dtype(),
-        &device,
-    )?;
+    let (mut model, load) = Runner::load(&files, args.backend, &args.model, &device)?;
     let max_tokens = fit_context(prompt.len(), args.max_tokens, model.max_positions(&files))?;
 
     let mut generator =

@@ -3,13 +3,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use emilio_op::WeightFormat;
+use candle_core::{Device, Tensor};
 use emilio_qwen::generation::CausalLM;
 use emilio_qwen::reference::{QuantizedModel, StockModel};
 use emilio_qwen::Options;
 
-use crate::cli::Backend;
+use crate::cli::{Backend, ModelArgs};
 use crate::memory::LoadMemory;
 use crate::source::ModelFiles;
 
@@ -29,14 +28,15 @@ pub struct Load {
 }
 
 impl Runner {
-    /// Loads `backend` from `files`, activations (and stock weights) in `dtype` on `device`.
+    /// Loads `backend` from `files` as `args` ask (`--weight-format`; activations and stock
+    /// weights in `--dtype`) on `device`.
     pub fn load(
         files: &ModelFiles,
         backend: Backend,
-        format: WeightFormat,
-        dtype: DType,
+        args: &ModelArgs,
         device: &Device,
     ) -> Result<(Self, Load)> {
+        let (format, dtype) = (args.weight_format, args.dtype.dtype());
         let start = Instant::now();
         let ckpt = &files.checkpoint;
         let (runner, memory) = LoadMemory::measure(|| -> Result<Runner> {

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{bail, DType, Device, Error, Result, Tensor};
+use candle_core::{bail, Device, Error, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, qwen2};
 
@@ -33,9 +33,9 @@ pub enum StockModel {
 pub struct StockLlama {
     model: llama::Llama,
     cache: llama::Cache,
-    config: llama::Config,
-    dtype: DType,
-    device: Device,
+    /// The cache as built at load (rotary tables, no keys or values): a reset clones it, so
+    /// the tables are computed once and a reset cannot fail.
+    empty: llama::Cache,
 }
 
 impl StockModel {
@@ -75,13 +75,11 @@ impl StockModel {
                         .unwrap_or_default();
                     Error::msg(format!("stock Candle's llama failed to load: {msg}"))
                 })??;
-                let cache = llama::Cache::new(true, dtype, &config, &device)?;
+                let empty = llama::Cache::new(true, dtype, &config, &device)?;
                 Ok(StockModel::Llama(Box::new(StockLlama {
                     model,
-                    cache,
-                    config,
-                    dtype,
-                    device,
+                    cache: empty.clone(),
+                    empty,
                 })))
             }
         }
@@ -103,13 +101,8 @@ impl CausalLM for StockModel {
     fn clear_kv_cache(&mut self) {
         match self {
             StockModel::Qwen2(m) => m.clear_kv_cache(),
-            StockModel::Llama(m) => {
-                // Stock's cache has no reset: a fresh one (it was built from the same values
-                // once already, so this cannot fail short of running out of memory).
-                if let Ok(cache) = llama::Cache::new(true, m.dtype, &m.config, &m.device) {
-                    m.cache = cache;
-                }
-            }
+            // Stock's cache has no reset: back to the one built at load.
+            StockModel::Llama(m) => m.cache = m.empty.clone(),
         }
     }
 }

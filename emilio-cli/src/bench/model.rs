@@ -109,7 +109,7 @@ pub fn run(args: &BenchModelArgs) -> Result<()> {
     let dtype = args.model.dtype.dtype();
     let mut loaded = Vec::with_capacity(chosen.len());
     for &b in &chosen {
-        let (runner, load) = Runner::load(&files, b, format, dtype, &dev)?;
+        let (runner, load) = Runner::load(&files, b, &args.model, &dev)?;
         loaded.push((b, runner, load));
     }
     let context = loaded
