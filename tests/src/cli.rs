@@ -198,6 +198,19 @@ impl Sandbox {
     }
 }
 
+/// `emilio generate --model MODEL --prompt PROMPT EXTRA...` in `sb`; panics unless it succeeds.
+pub fn generate(sb: &Sandbox, model: &Path, prompt: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        prompt,
+    ];
+    args.extend_from_slice(extra);
+    sb.run(args).ok()
+}
+
 /// Runs `cmd` with piped stdout and stderr, killing it (and failing) after
 /// [`COMMAND_TIMEOUT`].
 pub fn run(cmd: Command) -> Run {

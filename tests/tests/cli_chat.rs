@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use emilio_qwen::chat::{ChatTemplate, Message};
-use emilio_tests::cli::{Run, Sandbox};
+use emilio_tests::cli::{generate, Run, Sandbox};
 
 /// Settings under which the random `tiny` model wanders through the vocabulary instead of
 /// repeating one token, so replies depend on their context.
@@ -19,18 +19,6 @@ fn chat(sb: &Sandbox, model: &Path, input: &str, extra: &[&str]) -> Run {
     let mut args = vec!["chat", "--model", model.to_str().unwrap(), "--verbose"];
     args.extend_from_slice(extra);
     sb.run_with_input(args, input).ok()
-}
-
-fn generate(sb: &Sandbox, model: &Path, prompt: &str, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        prompt,
-    ];
-    args.extend_from_slice(extra);
-    sb.run(args).ok()
 }
 
 fn tokens(model: &Path, text: &str) -> Vec<u32> {

@@ -6,24 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
-use emilio_tests::cli::{Run, Sandbox};
+use emilio_tests::cli::{generate, Sandbox};
 
 const PROMPTS: [&str; 3] = ["Hello world", "The quick brown fox", "1 2 3 4"];
 /// The system message the synthetic checkpoints' chat template (in their
 /// `tokenizer_config.json`) inserts when the conversation has none.
 const TEMPLATE_SYSTEM: &str = "You are a helpful assistant.";
-
-fn generate(sb: &Sandbox, model: &Path, prompt: &str, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        prompt,
-    ];
-    args.extend_from_slice(extra);
-    sb.run(args).ok()
-}
 
 fn tokenizer(dir: &Path) -> tokenizers::Tokenizer {
     tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer.json loads")
