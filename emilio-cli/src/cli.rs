@@ -31,6 +31,15 @@ pub enum Command {
     Chat(ChatArgs),
     /// Compare the log-domain model with stock Candle on the same weights and prompt.
     Ab(AbArgs),
+    /// Score a text with both backends: perplexity, KL divergence, Δp and top-1 agreement of
+    /// the log-domain model against stock Candle, as llama-perplexity --kl-divergence reports
+    /// them.
+    ///
+    /// The text is tokenized once and cut into chunks of --ctx tokens (each starting from an
+    /// empty cache, with the tokenizer's BOS where it adds one); the logits at positions
+    /// ctx/2..ctx-2 of each chunk score the next token. Stock runs first (or its saved
+    /// --reference is read), then the log-domain model. A progress bar goes to stderr.
+    Eval(EvalArgs),
     /// Benchmark the op or the model against stock Candle, in the same run.
     Bench(BenchArgs),
     /// Write an offline checkpoint with seeded random weights (no network needed).
@@ -213,6 +222,32 @@ pub struct AbArgs {
     #[arg(long)]
     pub no_stop: bool,
     /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to score (UTF-8), e.g. wikitext-2's wiki.test.raw.
+    #[arg(long, short)]
+    pub file: PathBuf,
+    /// Tokens per chunk (each chunk's second half is scored).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many chunks (default: every whole chunk of the text).
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Save stock's log-probabilities to FILE (a safetensors file), for later runs'
+    /// --reference: a sweep of formats then runs stock once.
+    #[arg(long, value_name = "FILE", conflicts_with = "reference")]
+    pub save_reference: Option<PathBuf>,
+    /// Score against stock's log-probabilities saved by --save-reference instead of running
+    /// stock (refused if the model, tokenizer, text, --ctx or --dtype differ).
+    #[arg(long, value_name = "FILE")]
+    pub reference: Option<PathBuf>,
+    /// Print one JSON object (every figure and the settings) instead of the table.
     #[arg(long)]
     pub json: bool,
 }

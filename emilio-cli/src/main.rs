@@ -8,6 +8,7 @@ mod bench;
 mod chat;
 mod cli;
 mod device;
+mod eval;
 mod generate;
 mod memory;
 mod prompt;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         cli::Command::Generate(args) => generate::run(&args),
         cli::Command::Chat(args) => chat::run(&args),
         cli::Command::Ab(args) => ab::run(&args),
+        cli::Command::Eval(args) => eval::run(&args),
         cli::Command::Bench(args) => bench::run(&args),
         cli::Command::Synth(args) => synth::run(&args),
     };

@@ -93,6 +93,19 @@ impl CausalLM for Runner {
         }
     }
 
+    fn forward_from(
+        &mut self,
+        ids: &Tensor,
+        offset: usize,
+        first: usize,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Runner::Emilio(m) => m.forward_from(ids, offset, first),
+            Runner::Stock(m) => m.forward_from(ids, offset, first),
+            Runner::StockQuantized(m) => m.forward_from(ids, offset, first),
+        }
+    }
+
     fn clear_kv_cache(&mut self) {
         match self {
             Runner::Emilio(m) => m.clear_kv_cache(),

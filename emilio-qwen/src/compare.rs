@@ -12,17 +12,21 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// `log softmax` in f64.
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
+/// `ln Σ_v exp(logits_v)` in f64 (the largest logit factored out, so no term overflows).
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits
         .iter()
         .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-    let lse = max
-        + logits
-            .iter()
-            .map(|&x| (x as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    max + logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// `log softmax` in f64.
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let lse = log_sum_exp(logits);
     logits.iter().map(|&x| x as f64 - lse).collect()
 }
 

@@ -73,13 +73,57 @@ pub trait CausalLM {
     /// positions follow the `seqlen_offset` already in the KV cache (which they are appended to).
     fn forward(&mut self, input_ids: &Tensor, seqlen_offset: usize) -> Result<Tensor>;
 
+    /// Logits `(batch, seq − first, vocab)` of positions `first..seq` of `input_ids`
+    /// `(batch, seq)`, which follow the `seqlen_offset` positions in the KV cache: what a corpus
+    /// evaluation scores.
+    ///
+    /// The default is for models whose `forward` returns only the last position's logits
+    /// (stock Llama, Candle's quantized models): one forward over positions `..=first`, then one
+    /// position per forward through the KV cache, each giving the logits a single pass would
+    /// (up to rounding). A model that has every position's hidden states overrides it with one
+    /// pass.
+    fn forward_from(
+        &mut self,
+        input_ids: &Tensor,
+        seqlen_offset: usize,
+        first: usize,
+    ) -> Result<Tensor> {
+        forward_from_by_steps(self, input_ids, seqlen_offset, first)
+    }
+
     /// Forgets every position: the next forward starts at offset 0.
     fn clear_kv_cache(&mut self);
+}
+
+/// [`CausalLM::forward_from`] from `forward` alone: positions `..=first` in one forward, then
+/// one position per forward through the KV cache.
+pub fn forward_from_by_steps<M: CausalLM + ?Sized>(
+    model: &mut M,
+    input_ids: &Tensor,
+    seqlen_offset: usize,
+    first: usize,
+) -> Result<Tensor> {
+    let (_, seq) = input_ids.dims2()?;
+    crate::model::check_first(first, seq)?;
+    let mut rows = vec![model.forward(&input_ids.narrow(1, 0, first + 1)?, seqlen_offset)?];
+    for i in first + 1..seq {
+        rows.push(model.forward(&input_ids.narrow(1, i, 1)?, seqlen_offset + i)?);
+    }
+    Tensor::cat(&rows, 1)
 }
 
 impl CausalLM for crate::ModelForCausalLM {
     fn forward(&mut self, input_ids: &Tensor, seqlen_offset: usize) -> Result<Tensor> {
         crate::ModelForCausalLM::forward(self, input_ids, seqlen_offset)
+    }
+
+    fn forward_from(
+        &mut self,
+        input_ids: &Tensor,
+        seqlen_offset: usize,
+        first: usize,
+    ) -> Result<Tensor> {
+        crate::ModelForCausalLM::forward_from(self, input_ids, seqlen_offset, first)
     }
 
     fn clear_kv_cache(&mut self) {
@@ -101,6 +145,15 @@ impl CausalLM for stock::ModelForCausalLM {
 impl<M: CausalLM + ?Sized> CausalLM for &mut M {
     fn forward(&mut self, input_ids: &Tensor, seqlen_offset: usize) -> Result<Tensor> {
         (**self).forward(input_ids, seqlen_offset)
+    }
+
+    fn forward_from(
+        &mut self,
+        input_ids: &Tensor,
+        seqlen_offset: usize,
+        first: usize,
+    ) -> Result<Tensor> {
+        (**self).forward_from(input_ids, seqlen_offset, first)
     }
 
     fn clear_kv_cache(&mut self) {

@@ -43,6 +43,7 @@
 pub mod chat;
 pub mod compare;
 pub mod config;
+pub mod eval;
 pub mod generation;
 pub mod gguf;
 pub mod loading;

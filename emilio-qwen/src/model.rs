@@ -595,6 +595,14 @@ fn on_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Errors unless position `first` is one of the `seq` input positions of a `forward_from`.
+pub(crate) fn check_first(first: usize, seq: usize) -> Result<()> {
+    if first >= seq {
+        bail!("forward_from: first scored position {first} is not among the {seq} input positions")
+    }
+    Ok(())
+}
+
 fn check_positions(seq_len: usize, seqlen_offset: usize, max_positions: usize) -> Result<()> {
     if seq_len == 0 {
         bail!("the input has no tokens: Qwen2 needs at least one token per forward call")
@@ -680,6 +688,24 @@ impl ModelForCausalLM {
             self.base_model
                 .forward(input_ids, seqlen_offset, None)?
                 .narrow(1, seq_len - 1, 1)?
+                .apply(&self.lm_head)
+        })
+    }
+
+    /// Logits `(batch, seq_len − first, vocab)` of positions `first..seq_len` of `input_ids`, in
+    /// one pass (only those positions go through the head): what a corpus evaluation scores.
+    pub fn forward_from(
+        &mut self,
+        input_ids: &Tensor,
+        seqlen_offset: usize,
+        first: usize,
+    ) -> Result<Tensor> {
+        on_pool(input_ids.device(), || {
+            let (_b_size, seq_len) = input_ids.dims2()?;
+            check_first(first, seq_len)?;
+            self.base_model
+                .forward(input_ids, seqlen_offset, None)?
+                .narrow(1, first, seq_len - first)?
                 .apply(&self.lm_head)
         })
     }

@@ -10,23 +10,114 @@
 //! Both implement [`CausalLM`], so the generation engine drives them as it drives the fork, and
 //! both return logits `(batch, 1, vocab)` as the fork does.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{bail, Device, Error, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{bail, DType, Device, Error, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{linear_no_bias, Init, Linear, VarBuilder};
 use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, qwen2};
 
 use crate::config::{Architecture, Config};
-use crate::generation::CausalLM;
+use crate::generation::{forward_from_by_steps, CausalLM};
+use crate::model::check_first;
 
 /// Stock Candle's model of the configuration's architecture.
 pub enum StockModel {
     /// `candle_transformers::models::qwen2`.
-    Qwen2(qwen2::ModelForCausalLM),
+    Qwen2(StockQwen2),
     /// `candle_transformers::models::llama`, with the cache it keeps outside the model.
     Llama(Box<StockLlama>),
+}
+
+/// Stock Qwen2: `qwen2::ModelForCausalLM` rebuilt from its public parts (stock's `Model` and a
+/// `candle_nn::Linear` head, made as stock makes them), because stock keeps them private and
+/// its `forward` returns only the last position, while a corpus evaluation needs every
+/// position's logits from one pass.
+pub struct StockQwen2 {
+    model: qwen2::Model,
+    lm_head: Linear,
+}
+
+impl StockQwen2 {
+    /// As `qwen2::ModelForCausalLM::new`: `lm_head.weight` when `vb` has it, else the head
+    /// tied to the embedding table, sharing its storage (the builder below hands the model
+    /// and the head the same tensor, as stock's `embeddings().clone()` does).
+    pub fn new(cfg: &qwen2::Config, vb: VarBuilder) -> Result<Self> {
+        let vb = VarBuilder::from_backend(
+            Box::new(Remembering {
+                inner: vb.clone(),
+                seen: Mutex::new(HashMap::new()),
+            }),
+            vb.dtype(),
+            vb.device().clone(),
+        );
+        let model = qwen2::Model::new(cfg, vb.clone())?;
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        } else {
+            let embeddings = vb.get(
+                (cfg.vocab_size, cfg.hidden_size),
+                "model.embed_tokens.weight",
+            )?;
+            Linear::new(embeddings, None)
+        };
+        Ok(Self { model, lm_head })
+    }
+
+    /// Logits `(batch, seq − first, vocab)` of positions `first..seq` (stock's forward is the
+    /// case `first = seq − 1`).
+    fn forward_from(
+        &mut self,
+        input_ids: &Tensor,
+        seqlen_offset: usize,
+        first: usize,
+    ) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        check_first(first, seq)?;
+        self.model
+            .forward(input_ids, seqlen_offset, None)?
+            .narrow(1, first, seq - first)?
+            .apply(&self.lm_head)
+    }
+}
+
+/// A `VarBuilder` backend that hands out one tensor per name: a second request returns the
+/// first one's storage, so a tied head shares the embedding table instead of copying it.
+struct Remembering<'a> {
+    inner: VarBuilder<'a>,
+    seen: Mutex<HashMap<String, Tensor>>,
+}
+
+impl SimpleBackend for Remembering<'_> {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| Error::msg("a weight load panicked"))?;
+        if let Some(t) = seen.get(name) {
+            if t.shape() == &s && t.dtype() == dtype && t.device().same_device(dev) {
+                return Ok(t.clone());
+            }
+        }
+        let t = self
+            .inner
+            .get_with_hints_dtype(s, name, h, dtype)?
+            .to_device(dev)?;
+        seen.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.inner.get_unchecked_dtype(name, dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
 }
 
 /// Stock Llama and its KV cache (stock keeps the cache outside the model).
@@ -45,7 +136,7 @@ impl StockModel {
     /// up first, so a missing one is an error naming it.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         match cfg.architecture {
-            Architecture::Qwen2 => Ok(StockModel::Qwen2(qwen2::ModelForCausalLM::new(
+            Architecture::Qwen2 => Ok(StockModel::Qwen2(StockQwen2::new(
                 &cfg.to_stock_qwen2(),
                 vb,
             )?)),
@@ -89,7 +180,10 @@ impl StockModel {
 impl CausalLM for StockModel {
     fn forward(&mut self, input_ids: &Tensor, seqlen_offset: usize) -> Result<Tensor> {
         match self {
-            StockModel::Qwen2(m) => m.forward(input_ids, seqlen_offset),
+            StockModel::Qwen2(m) => {
+                let (_, seq) = input_ids.dims2()?;
+                m.forward_from(input_ids, seqlen_offset, seq.saturating_sub(1))
+            }
             StockModel::Llama(m) => {
                 let logits = m.model.forward(input_ids, seqlen_offset, &mut m.cache)?;
                 let (b, vocab) = logits.dims2()?;
@@ -98,9 +192,23 @@ impl CausalLM for StockModel {
         }
     }
 
+    /// Qwen2 in one pass; Llama by the trait's default (stock's Llama gives only the last
+    /// position's logits, and its blocks are private).
+    fn forward_from(
+        &mut self,
+        input_ids: &Tensor,
+        seqlen_offset: usize,
+        first: usize,
+    ) -> Result<Tensor> {
+        match self {
+            StockModel::Qwen2(m) => m.forward_from(input_ids, seqlen_offset, first),
+            StockModel::Llama(_) => forward_from_by_steps(self, input_ids, seqlen_offset, first),
+        }
+    }
+
     fn clear_kv_cache(&mut self) {
         match self {
-            StockModel::Qwen2(m) => m.clear_kv_cache(),
+            StockModel::Qwen2(m) => m.model.clear_kv_cache(),
             // Stock's cache has no reset: back to the one built at load.
             StockModel::Llama(m) => m.cache = m.empty.clone(),
         }

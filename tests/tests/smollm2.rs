@@ -239,6 +239,91 @@ fn llama_config_json_checkpoint_and_llama3_rope_scaling() {
 /// France?" has a lead of 0.12 at its first step against a shift of 0.71, and listing the
 /// months or the alphabet has several steps below the shift; counting has every lead above it
 /// (the closest: 0.66 against 0.62 at step 1; most leads are 2 to 10 against shifts below 1.1).
+/// `emilio eval`'s method on the real model: 4 chunks of 256 tokens of the text the tests
+/// ship (the Apache-2.0 license), stock Llama's reference against `f16` log weights. The
+/// reference's KL is also checked against the full-vocabulary KL of every position of the first
+/// chunk, within the bound it reports.
+#[test]
+fn eval_f16_over_four_chunks_of_a_real_text() {
+    use emilio_qwen::eval::{self, Corpus, Reference, ReferenceInfo, Scored, Summary};
+
+    let dev = Device::Cpu;
+    let ckpt = Checkpoint::from_gguf(smollm2_gguf()).unwrap();
+    let text = std::fs::read_to_string(
+        emilio_tests::cli::workspace_root().join("tests/data/apache-2.0.txt"),
+    )
+    .unwrap();
+    let tokenizer = emilio_tests::models::smollm2_tokenizer();
+    let corpus = Corpus::from_text(
+        &tokenizer,
+        &text,
+        256,
+        Some(4),
+        ckpt.config.max_position_embeddings,
+        "apache-2.0.txt",
+    )
+    .unwrap();
+    assert_eq!((corpus.chunks(), corpus.scored()), (4, 4 * 127));
+    assert!(corpus.bos().is_empty(), "SmolLM2's tokenizer adds no BOS");
+    let vocab = ckpt.config.vocab_size;
+    let info = ReferenceInfo {
+        model: "smollm2".into(),
+        model_sha256: String::new(),
+        tokenizer_sha256: String::new(),
+        text: "apache-2.0.txt".into(),
+        text_sha256: String::new(),
+        ctx: 256,
+        chunks: 4,
+        vocab,
+        dtype: "f32".into(),
+    };
+    // The driver's loops written out, to keep chunk 0's full rows.
+    let mut stock = ckpt.load_stock(DType::F32, &dev).unwrap();
+    let mut reference = Reference::new(info, &corpus).unwrap();
+    let mut stock_rows = Vec::new();
+    for chunk in 0..4 {
+        let rows = eval::chunk_logits(&mut stock, &corpus, chunk, &dev, "stock").unwrap();
+        for (row, &t) in rows.chunks_exact(vocab).zip(corpus.targets(chunk)) {
+            reference.push(row, t).unwrap();
+        }
+        if chunk == 0 {
+            stock_rows = rows;
+        }
+    }
+    drop(stock);
+    let mut model = ckpt
+        .load(DType::F32, &dev, &Options::new(WeightFormat::F16))
+        .unwrap();
+    let mut scored = Vec::new();
+    let mut scratch = Vec::new();
+    for chunk in 0..4 {
+        let rows = eval::chunk_logits(&mut model, &corpus, chunk, &dev, "emilio").unwrap();
+        for (i, (row, &t)) in rows
+            .chunks_exact(vocab)
+            .zip(corpus.targets(chunk))
+            .enumerate()
+        {
+            let at = reference.position(chunk * 127 + i);
+            let s = Scored::new(&at, row, t, &mut scratch);
+            if chunk == 0 {
+                let full = kl_divergence(&stock_rows[i * vocab..(i + 1) * vocab], row);
+                assert!(
+                    (s.kl - full).abs() <= s.kl_bound + 1e-15,
+                    "position {i}: {} vs {full}, bound {:e}",
+                    s.kl,
+                    s.kl_bound
+                );
+            }
+            scored.push(s);
+        }
+    }
+    let s = Summary::new(&scored);
+    assert!(s.kl.mean.value <= 1e-4, "{:?}", s.kl);
+    assert!(s.same_top1.value >= 0.99, "{:?}", s.same_top1);
+    assert!(s.kl.max_tail_bound <= 1e-6, "{:?}", s.kl);
+    assert!(s.ln_ppl_ratio.value.abs() <= 1e-2, "{:?}", s.ln_ppl_ratio);
+}
+
 const CONFIDENT_PROMPT: &str = "Count from 1 to 20, separated by commas.";
 
 /// The largest change, from `stock` to `other`, of any logit's distance to stock's top-1 logit.
