@@ -445,6 +445,20 @@ fn number_after(s: &str, key: &str) -> Option<f64> {
     rest[..end].trim_end_matches('.').parse().ok()
 }
 
+/// Writes a NaN over the first value of `tensor` (a bf16 tensor, as `emilio synth` writes
+/// them) in `model_dir`'s `model.safetensors`.
+pub fn poison_with_nan(model_dir: &Path, tensor: &str) {
+    let weights = model_dir.join("model.safetensors");
+    let header = safetensors_header(&weights);
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let info = &header[tensor];
+    assert_eq!(info["dtype"], "BF16", "{info}");
+    let start = 8 + header_len as usize + info["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[start..start + 2].copy_from_slice(&0x7fc0u16.to_le_bytes()); // a bf16 NaN
+    std::fs::write(&weights, bytes).unwrap();
+}
+
 /// The JSON header of a safetensors file: tensor name → `{dtype, shape, data_offsets}`
 /// (plus `__metadata__` when present).
 pub fn safetensors_header(path: &Path) -> Value {

@@ -304,15 +304,7 @@ fn ab_table_mode() {
 fn nan_weights_fail_instead_of_agreeing() {
     let sb = Sandbox::new();
     let model = sb.synth_tiny("nan", 2, &[]);
-    let weights = model.join("model.safetensors");
-    let header = emilio_tests::cli::safetensors_header(&weights);
-    let header_len = u64::from_le_bytes(std::fs::read(&weights).unwrap()[..8].try_into().unwrap());
-    let norm = &header["model.norm.weight"];
-    assert_eq!(norm["dtype"], "BF16", "{norm}");
-    let start = 8 + header_len as usize + norm["data_offsets"][0].as_u64().unwrap() as usize;
-    let mut bytes = std::fs::read(&weights).unwrap();
-    bytes[start..start + 2].copy_from_slice(&0x7fc0u16.to_le_bytes()); // a bf16 NaN
-    std::fs::write(&weights, bytes).unwrap();
+    emilio_tests::cli::poison_with_nan(&model, "model.norm.weight");
     let m = model.to_str().unwrap();
     sb.run(["ab", "--model", m, "--prompt", "hello", "--json"])
         .fails_with(&["logits at position", "not finite"]);
