@@ -297,6 +297,10 @@ pub struct SynthArgs {
     /// (default) or q4_0; norms and biases stay f32.
     #[arg(long, value_parser = parse_quant)]
     pub quant: Option<GgufQuant>,
+    /// Replace the files of an existing checkpoint (or GGUF file) at --out; without it, synth
+    /// refuses to overwrite them.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// What `synth` writes.
