@@ -109,9 +109,10 @@ pub struct ModelArgs {
     /// Qwen/Qwen2.5-0.5B-Instruct-GGUF --gguf qwen2.5-0.5b-instruct-q8_0.gguf.
     #[arg(long, value_name = "FILE.gguf")]
     pub gguf: Option<String>,
-    /// Git revision of a hub model (branch, tag or commit).
-    #[arg(long, default_value = "main")]
-    pub revision: String,
+    /// Git revision of a hub model (branch, tag or commit; main when not given). An error with
+    /// a local directory or file, which has no revisions.
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Device to run on; cuda and metal need a build with `--features cuda` / `metal`.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,

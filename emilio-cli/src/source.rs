@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use emilio_qwen::chat::ChatTemplate;
+use emilio_qwen::files::{kind, regular_file_exists};
 use emilio_qwen::generation::stop_ids;
 use emilio_qwen::loading::{
     read_index, Checkpoint, CONFIG_FILE, GENERATION_CONFIG_FILE, INDEX_FILE, TOKENIZER_CONFIG_FILE,
@@ -33,6 +34,7 @@ impl ModelFiles {
     /// name the file.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         if let Some(path) = &self.tokenizer_path {
+            emilio_qwen::files::check_regular_file(path)?;
             return Tokenizer::from_file(path)
                 .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()));
         }
@@ -80,16 +82,29 @@ impl ModelFiles {
 
 /// The model the command-line options name: [`resolve`] of `--model`, `--revision`, `--gguf`.
 pub fn open(args: &ModelArgs) -> Result<ModelFiles> {
-    resolve(&args.model, &args.revision, args.gguf.as_deref())
+    resolve(&args.model, args.revision.as_deref(), args.gguf.as_deref())
 }
 
-/// Resolves `--model` (and `--gguf`):
+/// Resolves `--model` (and `--gguf`, `--revision`):
 /// - a `.gguf` file (or any GGUF file) is loaded as one;
 /// - an existing directory is a checkpoint directory, or with `--gguf NAME` the GGUF file in it;
 /// - anything shaped like `owner/name` is fetched from the Hugging Face hub (or found in its
-///   cache): the safetensors checkpoint, or with `--gguf FILE` that one GGUF file.
-pub fn resolve(model: &str, revision: &str, gguf: Option<&str>) -> Result<ModelFiles> {
+///   cache) at `revision` (default `main`): the safetensors checkpoint, or with `--gguf FILE`
+///   that one GGUF file.
+///
+/// `--revision` names a version of a hub repository; a local path has none, so it is an error
+/// there rather than a flag silently ignored. A path that exists but is neither a file nor a
+/// directory (a FIFO, a socket) is named as what it is.
+pub fn resolve(model: &str, revision: Option<&str>, gguf: Option<&str>) -> Result<ModelFiles> {
     let path = Path::new(model);
+    let local_kind = std::fs::metadata(path).ok().map(|m| m.file_type());
+    if let (Some(file_type), Some(rev)) = (local_kind, revision) {
+        bail!(
+            "--revision {rev} applies to a Hugging Face model ID, but --model {model} is {} on \
+             this machine, which has no revisions; drop --revision",
+            kind(&file_type)
+        )
+    }
     if path.is_file() {
         if let Some(file) = gguf {
             bail!("--model {model} is a file, so --gguf {file} has nothing to pick from: pass one of them")
@@ -106,13 +121,19 @@ pub fn resolve(model: &str, revision: &str, gguf: Option<&str>) -> Result<ModelF
         return match gguf {
             Some(file) => {
                 let file = path.join(file);
-                if !file.is_file() {
+                if !regular_file_exists(&file)? {
                     bail!("--gguf: {} does not exist", file.display())
                 }
                 local_gguf(&file)
             }
             None => local(path),
         };
+    }
+    if let Some(file_type) = local_kind {
+        bail!(
+            "--model {model} is {}, not a checkpoint directory or a GGUF file",
+            kind(&file_type)
+        )
     }
     if !looks_like_hub_id(model) {
         bail!(
@@ -121,6 +142,7 @@ pub fn resolve(model: &str, revision: &str, gguf: Option<&str>) -> Result<ModelF
              --model DIR"
         )
     }
+    let revision = revision.unwrap_or("main");
     match gguf {
         Some(file) => hub_gguf(model, revision, file),
         None => hub(model, revision),
@@ -159,7 +181,7 @@ fn local(dir: &Path) -> Result<ModelFiles> {
     }
     let checkpoint = Checkpoint::from_dir(dir)?;
     let tokenizer_path = dir.join(TOKENIZER_FILE);
-    if !tokenizer_path.is_file() {
+    if !regular_file_exists(&tokenizer_path)? {
         bail!(
             "{} is missing: the checkpoint directory {} needs the model's tokenizer too",
             tokenizer_path.display(),
@@ -169,7 +191,7 @@ fn local(dir: &Path) -> Result<ModelFiles> {
     Ok(ModelFiles {
         checkpoint,
         tokenizer_path: Some(tokenizer_path),
-        tokenizer_config_path: Some(dir.join(TOKENIZER_CONFIG_FILE)).filter(|p| p.is_file()),
+        tokenizer_config_path: optional_file(dir.join(TOKENIZER_CONFIG_FILE))?,
         label: dir.display().to_string(),
     })
 }
@@ -177,13 +199,11 @@ fn local(dir: &Path) -> Result<ModelFiles> {
 /// A GGUF file, with `tokenizer.json` / `tokenizer_config.json` beside it when they are there.
 fn local_gguf(path: &Path) -> Result<ModelFiles> {
     let checkpoint = Checkpoint::from_gguf(path)?;
-    let beside = |name: &str| {
-        Some(path.parent().unwrap_or(Path::new(".")).join(name)).filter(|p| p.is_file())
-    };
+    let beside = |name: &str| optional_file(path.parent().unwrap_or(Path::new(".")).join(name));
     Ok(ModelFiles {
         checkpoint,
-        tokenizer_path: beside(TOKENIZER_FILE),
-        tokenizer_config_path: beside(TOKENIZER_CONFIG_FILE),
+        tokenizer_path: beside(TOKENIZER_FILE)?,
+        tokenizer_config_path: beside(TOKENIZER_CONFIG_FILE)?,
         label: path.display().to_string(),
     })
 }
@@ -198,6 +218,12 @@ fn looks_like_hub_id(s: &str) -> bool {
                 && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         })
+}
+
+/// `path` when it is a regular file, `None` when nothing is there, an error naming what it is
+/// otherwise (a directory or a FIFO where a file belongs is a mistake to report, not to skip).
+fn optional_file(path: PathBuf) -> Result<Option<PathBuf>> {
+    Ok(regular_file_exists(&path)?.then_some(path))
 }
 
 fn hub_repo(model_id: &str, revision: &str) -> Result<ApiRepo> {
