@@ -9,6 +9,7 @@ mod chat;
 mod cli;
 mod device;
 mod generate;
+mod hub;
 mod memory;
 mod prompt;
 mod runner;

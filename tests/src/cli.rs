@@ -4,9 +4,10 @@
 //!   so it reuses the artifacts of the test build) and returns its path.
 //! - [`Sandbox`] is a temp directory the commands run in, with an environment that cannot
 //!   reach the network: `HF_HOME` inside the sandbox, `HF_HUB_OFFLINE=1`, `HF_ENDPOINT` pointing
-//!   at a closed local port (hf-hub 0.4 ignores `HF_HUB_OFFLINE` but honours `HF_ENDPOINT`), no
-//!   proxy, no token, and no `RUST_BACKTRACE` (so a panic shows its "run with RUST_BACKTRACE"
-//!   note, which the error checks look for).
+//!   at a closed local port (the hub client ignores `HF_HUB_OFFLINE` but honours `HF_ENDPOINT`;
+//!   `emilio_tests::fake_hub` points it at a fake hub instead), no proxy, no token, no hub cache
+//!   or timeout of the caller's, and no `RUST_BACKTRACE` (so a panic shows its "run with
+//!   RUST_BACKTRACE" note, which the error checks look for).
 //! - [`Sandbox::run_with_input`] pipes text into a command's stdin (`emilio chat`);
 //!   [`run_within`] runs a command under a shorter limit, for one that would hang on a bug.
 //! - [`Run`] is a finished command: exit status, stdout, stderr, with assertions that print
@@ -33,10 +34,14 @@ pub const OFFLINE_ENDPOINT: &str = "http://127.0.0.1:9";
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Environment variables removed from every command: credentials, proxies (a proxy would
-/// route hub requests off the machine) and backtrace switches.
-const REMOVED_ENV: [&str; 12] = [
+/// route hub requests off the machine), a hub cache or timeout of the caller's (the cache must
+/// be the sandbox's `HF_HOME`) and backtrace switches.
+const REMOVED_ENV: [&str; 15] = [
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_CACHE",
+    "XDG_CACHE_HOME",
+    "EMILIO_HUB_TIMEOUT_SECS",
     "RUST_BACKTRACE",
     "RUST_LIB_BACKTRACE",
     "HTTP_PROXY",
