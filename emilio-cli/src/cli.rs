@@ -118,9 +118,10 @@ pub struct ModelArgs {
     /// Qwen/Qwen2.5-0.5B-Instruct-GGUF --gguf qwen2.5-0.5b-instruct-q8_0.gguf.
     #[arg(long, value_name = "FILE.gguf")]
     pub gguf: Option<String>,
-    /// Git revision of a hub model (branch, tag or commit).
-    #[arg(long, default_value = "main")]
-    pub revision: String,
+    /// Git revision of a hub model (branch, tag or commit; main when not given). An error with
+    /// a local directory or file, which has no revisions.
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Device to run on; cuda and metal need a build with `--features cuda` / `metal`.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
@@ -332,6 +333,10 @@ pub struct SynthArgs {
     /// (default) or q4_0; norms and biases stay f32.
     #[arg(long, value_parser = parse_quant)]
     pub quant: Option<GgufQuant>,
+    /// Replace the files of an existing checkpoint (or GGUF file) at --out; without it, synth
+    /// refuses to overwrite them.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// What `synth` writes.

@@ -10,6 +10,7 @@ mod cli;
 mod device;
 mod eval;
 mod generate;
+mod hub;
 mod memory;
 mod prompt;
 mod runner;

@@ -1,20 +1,20 @@
 //! Where a model comes from: a local checkpoint directory, a local GGUF file, or the Hugging
-//! Face hub (a model ID, or one GGUF file of a repository with `--gguf`).
+//! Face hub (a model ID, or one GGUF file of a repository with `--gguf`), through [`crate::hub`].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use emilio_qwen::chat::ChatTemplate;
+use emilio_qwen::files::{kind, regular_file_exists};
 use emilio_qwen::generation::stop_ids;
 use emilio_qwen::loading::{
-    read_index, Checkpoint, CONFIG_FILE, GENERATION_CONFIG_FILE, INDEX_FILE, TOKENIZER_CONFIG_FILE,
-    TOKENIZER_FILE, WEIGHTS_FILE,
+    shard_names, Checkpoint, CONFIG_FILE, GENERATION_CONFIG_FILE, INDEX_FILE,
+    TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
 };
-use hf_hub::api::sync::{ApiBuilder, ApiRepo};
-use hf_hub::{Repo, RepoType};
 use tokenizers::Tokenizer;
 
 use crate::cli::ModelArgs;
+use crate::hub::{Hub, Repo};
 
 /// A model located on disk, ready to load.
 pub struct ModelFiles {
@@ -33,6 +33,7 @@ impl ModelFiles {
     /// name the file.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         if let Some(path) = &self.tokenizer_path {
+            emilio_qwen::files::check_regular_file(path)?;
             return Tokenizer::from_file(path)
                 .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()));
         }
@@ -80,16 +81,29 @@ impl ModelFiles {
 
 /// The model the command-line options name: [`resolve`] of `--model`, `--revision`, `--gguf`.
 pub fn open(args: &ModelArgs) -> Result<ModelFiles> {
-    resolve(&args.model, &args.revision, args.gguf.as_deref())
+    resolve(&args.model, args.revision.as_deref(), args.gguf.as_deref())
 }
 
-/// Resolves `--model` (and `--gguf`):
+/// Resolves `--model` (and `--gguf`, `--revision`):
 /// - a `.gguf` file (or any GGUF file) is loaded as one;
 /// - an existing directory is a checkpoint directory, or with `--gguf NAME` the GGUF file in it;
 /// - anything shaped like `owner/name` is fetched from the Hugging Face hub (or found in its
-///   cache): the safetensors checkpoint, or with `--gguf FILE` that one GGUF file.
-pub fn resolve(model: &str, revision: &str, gguf: Option<&str>) -> Result<ModelFiles> {
+///   cache) at `revision` (default `main`): the safetensors checkpoint, or with `--gguf FILE`
+///   that one GGUF file.
+///
+/// `--revision` names a version of a hub repository; a local path has none, so it is an error
+/// there rather than a flag silently ignored. A path that exists but is neither a file nor a
+/// directory (a FIFO, a socket) is named as what it is.
+pub fn resolve(model: &str, revision: Option<&str>, gguf: Option<&str>) -> Result<ModelFiles> {
     let path = Path::new(model);
+    let local_kind = std::fs::metadata(path).ok().map(|m| m.file_type());
+    if let (Some(file_type), Some(rev)) = (local_kind, revision) {
+        bail!(
+            "--revision {rev} applies to a Hugging Face model ID, but --model {model} is {} on \
+             this machine, which has no revisions; drop --revision",
+            kind(&file_type)
+        )
+    }
     if path.is_file() {
         if let Some(file) = gguf {
             bail!("--model {model} is a file, so --gguf {file} has nothing to pick from: pass one of them")
@@ -106,13 +120,19 @@ pub fn resolve(model: &str, revision: &str, gguf: Option<&str>) -> Result<ModelF
         return match gguf {
             Some(file) => {
                 let file = path.join(file);
-                if !file.is_file() {
+                if !regular_file_exists(&file)? {
                     bail!("--gguf: {} does not exist", file.display())
                 }
                 local_gguf(&file)
             }
             None => local(path),
         };
+    }
+    if let Some(file_type) = local_kind {
+        bail!(
+            "--model {model} is {}, not a checkpoint directory or a GGUF file",
+            kind(&file_type)
+        )
     }
     if !looks_like_hub_id(model) {
         bail!(
@@ -121,6 +141,7 @@ pub fn resolve(model: &str, revision: &str, gguf: Option<&str>) -> Result<ModelF
              --model DIR"
         )
     }
+    let revision = revision.unwrap_or("main");
     match gguf {
         Some(file) => hub_gguf(model, revision, file),
         None => hub(model, revision),
@@ -159,7 +180,7 @@ fn local(dir: &Path) -> Result<ModelFiles> {
     }
     let checkpoint = Checkpoint::from_dir(dir)?;
     let tokenizer_path = dir.join(TOKENIZER_FILE);
-    if !tokenizer_path.is_file() {
+    if !regular_file_exists(&tokenizer_path)? {
         bail!(
             "{} is missing: the checkpoint directory {} needs the model's tokenizer too",
             tokenizer_path.display(),
@@ -169,7 +190,7 @@ fn local(dir: &Path) -> Result<ModelFiles> {
     Ok(ModelFiles {
         checkpoint,
         tokenizer_path: Some(tokenizer_path),
-        tokenizer_config_path: Some(dir.join(TOKENIZER_CONFIG_FILE)).filter(|p| p.is_file()),
+        tokenizer_config_path: optional_file(dir.join(TOKENIZER_CONFIG_FILE))?,
         label: dir.display().to_string(),
     })
 }
@@ -177,13 +198,11 @@ fn local(dir: &Path) -> Result<ModelFiles> {
 /// A GGUF file, with `tokenizer.json` / `tokenizer_config.json` beside it when they are there.
 fn local_gguf(path: &Path) -> Result<ModelFiles> {
     let checkpoint = Checkpoint::from_gguf(path)?;
-    let beside = |name: &str| {
-        Some(path.parent().unwrap_or(Path::new(".")).join(name)).filter(|p| p.is_file())
-    };
+    let beside = |name: &str| optional_file(path.parent().unwrap_or(Path::new(".")).join(name));
     Ok(ModelFiles {
         checkpoint,
-        tokenizer_path: beside(TOKENIZER_FILE),
-        tokenizer_config_path: beside(TOKENIZER_CONFIG_FILE),
+        tokenizer_path: beside(TOKENIZER_FILE)?,
+        tokenizer_config_path: beside(TOKENIZER_CONFIG_FILE)?,
         label: path.display().to_string(),
     })
 }
@@ -200,66 +219,66 @@ fn looks_like_hub_id(s: &str) -> bool {
         })
 }
 
-fn hub_repo(model_id: &str, revision: &str) -> Result<ApiRepo> {
-    let mut builder = ApiBuilder::from_env().with_progress(true);
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        builder = builder.with_token(Some(token));
-    }
-    let api = builder
-        .build()
-        .context("setting up the Hugging Face hub client")?;
-    Ok(api.repo(Repo::with_revision(
-        model_id.to_string(),
-        RepoType::Model,
-        revision.to_string(),
-    )))
+/// `path` when it is a regular file, `None` when nothing is there, an error naming what it is
+/// otherwise (a directory or a FIFO where a file belongs is a mistake to report, not to skip).
+fn optional_file(path: PathBuf) -> Result<Option<PathBuf>> {
+    Ok(regular_file_exists(&path)?.then_some(path))
 }
 
+/// A safetensors checkpoint of the hub: configuration, tokenizer, the optional chat template and
+/// generation defaults, then the weights.
+///
+/// The weights are `model.safetensors`, or, only when the hub answers 404 for it, the sharded
+/// index and every shard it names (fetched after the index is checked: each shard must be a
+/// plain file name). Any other failure (a 500, a broken transfer, a timeout) is reported as it
+/// is, not taken as a sign of a sharded checkpoint. Likewise an optional file is skipped only on
+/// a 404.
 fn hub(model_id: &str, revision: &str) -> Result<ModelFiles> {
-    let repo = hub_repo(model_id, revision)?;
-    let fetch = |file: &str| fetch(&repo, model_id, revision, file);
-    let config_path = fetch(CONFIG_FILE)?;
-    let tokenizer_path = fetch(TOKENIZER_FILE)?;
-    // Optional: the chat template and the stop ids (a base model may have neither).
-    let optional = |file: &str| match fetch(file) {
-        Ok(path) => Some(path),
-        Err(e) => {
-            let detail = format!("{e:#}");
-            if !detail.contains("404") {
-                eprintln!(
-                    "note: could not fetch {file} of {model_id} ({detail}); going without it"
-                );
-            }
-            None
-        }
+    let hub = Hub::from_env()?;
+    let repo = hub.repo(model_id, revision)?;
+    let config_path = repo.require(CONFIG_FILE)?;
+    let tokenizer_path = repo.require(TOKENIZER_FILE)?;
+    let tokenizer_config_path = repo.get(TOKENIZER_CONFIG_FILE)?;
+    // Read beside config.json by `Checkpoint::stop_token_ids` when it is there.
+    repo.get(GENERATION_CONFIG_FILE)?;
+    // A sharded checkpoint already in the cache needs no request for the single file.
+    let cached_sharded = repo.cached(WEIGHTS_FILE)?.is_none() && repo.cached(INDEX_FILE)?.is_some();
+    let single = if cached_sharded {
+        None
+    } else {
+        repo.get(WEIGHTS_FILE)?
     };
-    let tokenizer_config_path = optional(TOKENIZER_CONFIG_FILE);
-    optional(GENERATION_CONFIG_FILE);
-    let weight_files = match fetch(WEIGHTS_FILE) {
-        Ok(single) => vec![single],
-        Err(single_err) => {
-            // Larger models are sharded: fetch the index, then every shard it names.
-            let index = fetch(INDEX_FILE).map_err(|_| single_err)?;
-            let shards = read_index(&index)?;
-            shards
-                .iter()
-                .map(|shard| {
-                    let name = shard
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .ok_or_else(|| anyhow!("bad shard name {}", shard.display()))?;
-                    fetch(name)
-                })
-                .collect::<Result<Vec<_>>>()?
-        }
+    let weight_files = match single {
+        Some(single) => vec![single],
+        None => hub_shards(&repo)?,
     };
     let checkpoint = Checkpoint::from_files(&config_path, &weight_files)?;
     Ok(ModelFiles {
         checkpoint,
         tokenizer_path: Some(tokenizer_path),
         tokenizer_config_path,
-        label: format!("{model_id}@{revision}"),
+        label: repo.label(),
     })
+}
+
+/// The shards of a sharded hub checkpoint: its index, checked, then every shard it names.
+fn hub_shards(repo: &Repo) -> Result<Vec<PathBuf>> {
+    let index = repo.get(INDEX_FILE)?.ok_or_else(|| {
+        anyhow!(
+            "{} has neither {WEIGHTS_FILE} nor {INDEX_FILE} on the hub (both answered 404): it \
+             is not a safetensors checkpoint. For a GGUF repository pass --gguf FILE.gguf",
+            repo.label()
+        )
+    })?;
+    let names =
+        shard_names(&index).with_context(|| format!("the shard index of {}", repo.label()))?;
+    names
+        .iter()
+        .map(|name| {
+            repo.require(name)
+                .with_context(|| format!("{} names the shard {name}", index.display()))
+        })
+        .collect()
 }
 
 /// One GGUF file of a hub repository (`Qwen/Qwen2.5-0.5B-Instruct-GGUF` with
@@ -268,32 +287,12 @@ fn hub_gguf(model_id: &str, revision: &str, file: &str) -> Result<ModelFiles> {
     if !file.ends_with(".gguf") {
         bail!("--gguf {file}: expected the name of a .gguf file in {model_id}")
     }
-    let repo = hub_repo(model_id, revision)?;
-    let path = fetch(&repo, model_id, revision, file)?;
+    let hub = Hub::from_env()?;
+    let repo = hub.repo(model_id, revision)?;
+    let path = repo.require(file)?;
     let mut files = local_gguf(&path)?;
-    files.label = format!("{model_id}@{revision}/{file}");
+    files.label = format!("{}/{file}", repo.label());
     Ok(files)
-}
-
-/// One file from the hub (or its cache), with an error a user can act on.
-fn fetch(repo: &ApiRepo, model_id: &str, revision: &str, file: &str) -> Result<PathBuf> {
-    repo.get(file).map_err(|e| {
-        let detail = e.to_string();
-        if detail.contains("404") || detail.contains("401") {
-            anyhow!(
-                "{model_id} (revision {revision}) has no {file} on the Hugging Face hub, or the \
-                 model does not exist or is gated ({detail}). Check the ID, set HF_TOKEN for \
-                 gated models, or pass a local checkpoint directory"
-            )
-        } else {
-            anyhow!(
-                "could not fetch {file} of {model_id} from the Hugging Face hub ({detail}). \
-                 Without a network, make an offline checkpoint with \
-                 `emilio synth --preset qwen2.5-0.5b --out DIR` and pass --model DIR, or use a \
-                 local copy of the model"
-            )
-        }
-    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use emilio_qwen::synthetic::gguf::{write_gguf, GgufQuant};
-use emilio_qwen::synthetic::{write_checkpoint, SyntheticSpec};
+use emilio_qwen::synthetic::{checkpoint_file_names, write_checkpoint, SyntheticSpec};
 
 use crate::cli::{SynthArgs, SynthFormat};
 
@@ -33,6 +33,28 @@ pub fn run(args: &SynthArgs) -> Result<()> {
 }
 
 fn run_dir(args: &SynthArgs, spec: &SyntheticSpec) -> Result<()> {
+    if !args.force {
+        let existing: Vec<String> = checkpoint_file_names(spec)
+            .into_iter()
+            .filter(|name| std::fs::symlink_metadata(args.out.join(name)).is_ok())
+            .collect();
+        if let Some(first) = existing.first() {
+            bail!(
+                "--out {} already holds {}{}: pass --force to replace them, or choose another \
+                 --out",
+                args.out.display(),
+                args.out.join(first).display(),
+                match existing.len() {
+                    1 => String::new(),
+                    n => format!(
+                        " and {} more checkpoint file(s) ({})",
+                        n - 1,
+                        existing[1..].join(", ")
+                    ),
+                }
+            )
+        }
+    }
     check_writable(&args.out)?;
     let written = write_checkpoint(&args.out, spec).with_context(|| {
         format!(
@@ -77,6 +99,12 @@ fn run_gguf(args: &SynthArgs, spec: &SyntheticSpec, quant: GgufQuant) -> Result<
     if out.extension().and_then(|e| e.to_str()) != Some("gguf") {
         bail!(
             "--out {} does not end in .gguf; with --format gguf it names the .gguf file to write",
+            out.display()
+        )
+    }
+    if !args.force && std::fs::symlink_metadata(out).is_ok() {
+        bail!(
+            "--out {} already exists: pass --force to replace it, or choose another --out",
             out.display()
         )
     }

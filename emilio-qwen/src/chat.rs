@@ -141,6 +141,9 @@ impl ChatTemplate {
     /// `Ok(None)` when the file or its `chat_template` is absent (a base model); an error naming
     /// the file when it is not JSON, the template has an unexpected shape, or does not compile.
     pub fn from_tokenizer_config(path: &Path) -> Result<Option<Self>> {
+        if !crate::files::regular_file_exists(path)? {
+            return Ok(None);
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -294,6 +294,7 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    crate::files::check_regular_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::msg(if e.kind() == std::io::ErrorKind::NotFound {
             format!("{} not found", path.display())

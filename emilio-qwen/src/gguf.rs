@@ -258,6 +258,7 @@ impl GgufFile {
 }
 
 fn open_file(path: &Path) -> Result<File> {
+    crate::files::check_regular_file(path)?;
     File::open(path).map_err(|e| {
         Error::msg(if e.kind() == std::io::ErrorKind::NotFound {
             format!("{} not found", path.display())

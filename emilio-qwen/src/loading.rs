@@ -35,6 +35,7 @@ use serde_json::Value;
 
 pub use crate::config::read_config;
 use crate::config::{read_json, Config};
+use crate::files::regular_file_exists;
 use crate::gguf::GgufFile;
 use crate::model::{ModelForCausalLM, Options};
 use crate::reference::StockModel;
@@ -107,8 +108,10 @@ impl Checkpoint {
         if weight_files.is_empty() {
             bail!("no weight files given for {}", config_path.display())
         }
-        if let Some(missing) = weight_files.iter().find(|f| !f.is_file()) {
-            bail!("weight file {} does not exist", missing.display())
+        for file in weight_files {
+            if !regular_file_exists(file)? {
+                bail!("weight file {} does not exist", file.display())
+            }
         }
         Ok(Self {
             config,
@@ -175,7 +178,7 @@ impl Checkpoint {
             .unwrap_or(Path::new("."))
             .join(GENERATION_CONFIG_FILE);
         for path in [generation.as_path(), self.config_path.as_path()] {
-            if !path.is_file() {
+            if !regular_file_exists(path)? {
                 continue;
             }
             let value = read_json(path)?;
@@ -252,15 +255,16 @@ pub fn load(
 
 /// The weight files of a checkpoint directory: `model.safetensors` if present, else every shard
 /// named by `model.safetensors.index.json` (sorted, deduplicated). The error names the directory
-/// when neither exists and every shard file that is missing.
+/// when neither exists, every shard file that is missing, and a weights path that is there but
+/// is not a file (a directory, a FIFO), saying what it is.
 pub fn find_weight_files(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     let dir = dir.as_ref();
     let single = dir.join(WEIGHTS_FILE);
-    if single.is_file() {
+    if regular_file_exists(&single)? {
         return Ok(vec![single]);
     }
     let index = dir.join(INDEX_FILE);
-    if index.is_file() {
+    if regular_file_exists(&index)? {
         return read_index(&index);
     }
     bail!(
@@ -269,8 +273,35 @@ pub fn find_weight_files(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     )
 }
 
-/// The shard files named by a `model.safetensors.index.json` (paths relative to its directory).
+/// The shard files named by a `model.safetensors.index.json`, in its directory; each must exist.
 pub fn read_index(index: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let index = index.as_ref();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files: Vec<PathBuf> = shard_names(index)?.iter().map(|n| dir.join(n)).collect();
+    let mut missing = Vec::new();
+    for file in &files {
+        if !regular_file_exists(file)? {
+            missing.push(file.display().to_string());
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} names shard file(s) that do not exist: {}",
+            index.display(),
+            missing.join(", ")
+        )
+    }
+    Ok(files)
+}
+
+/// The shard file names a `model.safetensors.index.json` lists in its `weight_map` (sorted,
+/// deduplicated), without looking for the files: what a download fetches before
+/// [`read_index`] can find them.
+///
+/// Each name must be a plain file name, a file of the index's own directory: an index is input
+/// (from the hub, from anyone), and a name such as `../../etc/passwd` or `/etc/passwd` would
+/// otherwise make the loader map, and a download write, a file outside the checkpoint.
+pub fn shard_names(index: impl AsRef<Path>) -> Result<Vec<String>> {
     let index = index.as_ref();
     let value = read_json(index)?;
     let Some(map) = value.get("weight_map").and_then(Value::as_object) else {
@@ -287,24 +318,55 @@ pub fn read_index(index: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
                 index.display()
             )
         };
+        if !is_plain_file_name(file) {
+            bail!(
+                "{}: the shard of tensor {tensor} is {file:?}, which is not a plain file name; \
+                 shards must be files of the checkpoint directory, named like \
+                 model-00001-of-00002.safetensors (no directories, no absolute paths)",
+                index.display()
+            )
+        }
         names.insert(file.to_string());
     }
     if names.is_empty() {
         bail!("{} lists no tensors in its weight_map", index.display())
     }
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
-    let missing: Vec<String> = files
-        .iter()
-        .filter(|f| !f.is_file())
-        .map(|f| f.display().to_string())
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "{} names shard file(s) that do not exist: {}",
-            index.display(),
-            missing.join(", ")
-        )
+    Ok(names.into_iter().collect())
+}
+
+/// A name that is one file of a directory: not empty, not `.` or `..`, no separator, no drive.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && Path::new(name).file_name() == Some(std::ffi::OsStr::new(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_file_name;
+
+    #[test]
+    fn shard_names_must_be_plain_file_names() {
+        for ok in [
+            "model-00001-of-00002.safetensors",
+            "a.safetensors",
+            "..weird",
+        ] {
+            assert!(is_plain_file_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../etc/passwd",
+            "/etc/passwd",
+            "sub/model.safetensors",
+            "..\\x",
+            "a\0b",
+        ] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
     }
-    Ok(files)
 }

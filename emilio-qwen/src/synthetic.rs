@@ -47,7 +47,10 @@ use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::loading::{CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use crate::loading::{
+    CONFIG_FILE, GENERATION_CONFIG_FILE, INDEX_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
+    WEIGHTS_FILE,
+};
 
 /// The special tokens the synthetic tokenizer has, named where generation stops at them.
 pub use crate::generation::{ENDOFTEXT, IM_END, IM_START};
@@ -350,15 +353,17 @@ pub fn write_checkpoint(
     let config_path = dir.join(CONFIG_FILE);
     write_json(&config_path, &spec.config_json()?)?;
 
+    // safetensors writes each file through a temporary file, which tempfile creates with mode
+    // 0600, and renames it into place: the weights would be private while every other file is
+    // created under the process's umask. They get config.json's mode, so a checkpoint is
+    // readable (or not) as a whole.
+    let mode = std::fs::metadata(&config_path)
+        .map_err(|e| Error::msg(format!("cannot read {}: {e}", config_path.display())))?
+        .permissions();
+
     let tensors = qwen2_tensor_shapes(&config);
     let shards = spec.shards;
-    let file_name = |s: usize| {
-        if shards == 1 {
-            WEIGHTS_FILE.to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", s + 1, shards)
-        }
-    };
+    let file_name = |s: usize| shard_file_name(s, shards);
     let mut weight_files = Vec::with_capacity(shards);
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0usize;
@@ -376,6 +381,8 @@ pub fn write_checkpoint(
         let path = dir.join(file_name(s));
         candle_core::safetensors::save(&map, &path)
             .map_err(|e| e.context(format!("writing {}", path.display())))?;
+        std::fs::set_permissions(&path, mode.clone())
+            .map_err(|e| Error::msg(format!("cannot set the mode of {}: {e}", path.display())))?;
         weight_files.push(path);
     }
     let index_path = if shards > 1 {
@@ -393,11 +400,11 @@ pub fn write_checkpoint(
 
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     write_tokenizer(&tokenizer_path)?;
-    write_json(&dir.join("tokenizer_config.json"), &tokenizer_config_json())?;
+    write_json(&dir.join(TOKENIZER_CONFIG_FILE), &tokenizer_config_json())?;
     let eos = tokenizer_special_id(ENDOFTEXT);
     let im_end = tokenizer_special_id(IM_END);
     write_json(
-        &dir.join("generation_config.json"),
+        &dir.join(GENERATION_CONFIG_FILE),
         &json!({ "bos_token_id": eos, "eos_token_id": [eos, im_end], "do_sample": false }),
     )?;
 
@@ -409,6 +416,35 @@ pub fn write_checkpoint(
         index_path,
         tokenizer_path,
     })
+}
+
+/// The names of the files [`write_checkpoint`] writes for `spec`: what a caller checks before
+/// it lets a new checkpoint replace an existing one.
+pub fn checkpoint_file_names(spec: &SyntheticSpec) -> Vec<String> {
+    let mut names = vec![CONFIG_FILE.to_string()];
+    names.extend((0..spec.shards).map(|s| shard_file_name(s, spec.shards)));
+    if spec.shards > 1 {
+        names.push(INDEX_FILE.to_string());
+    }
+    names.extend(
+        [
+            TOKENIZER_FILE,
+            TOKENIZER_CONFIG_FILE,
+            GENERATION_CONFIG_FILE,
+        ]
+        .map(str::to_string),
+    );
+    names
+}
+
+/// The weight file `s` (0-based) of `shards`: `model.safetensors` alone, else Hugging Face's
+/// `model-00001-of-00002.safetensors`.
+fn shard_file_name(s: usize, shards: usize) -> String {
+    if shards == 1 {
+        WEIGHTS_FILE.to_string()
+    } else {
+        format!("model-{:05}-of-{:05}.safetensors", s + 1, shards)
+    }
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<()> {

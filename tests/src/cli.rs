@@ -4,10 +4,12 @@
 //!   so it reuses the artifacts of the test build) and returns its path.
 //! - [`Sandbox`] is a temp directory the commands run in, with an environment that cannot
 //!   reach the network: `HF_HOME` inside the sandbox, `HF_HUB_OFFLINE=1`, `HF_ENDPOINT` pointing
-//!   at a closed local port (hf-hub 0.4 ignores `HF_HUB_OFFLINE` but honours `HF_ENDPOINT`), no
-//!   proxy, no token, and no `RUST_BACKTRACE` (so a panic shows its "run with RUST_BACKTRACE"
-//!   note, which the error checks look for).
-//! - [`Sandbox::run_with_input`] pipes text into a command's stdin (`emilio chat`).
+//!   at a closed local port (the hub client ignores `HF_HUB_OFFLINE` but honours `HF_ENDPOINT`;
+//!   `emilio_tests::fake_hub` points it at a fake hub instead), no proxy, no token, no hub cache
+//!   or timeout of the caller's, and no `RUST_BACKTRACE` (so a panic shows its "run with
+//!   RUST_BACKTRACE" note, which the error checks look for).
+//! - [`Sandbox::run_with_input`] pipes text into a command's stdin (`emilio chat`);
+//!   [`run_within`] runs a command under a shorter limit, for one that would hang on a bug.
 //! - [`Run`] is a finished command: exit status, stdout, stderr, with assertions that print
 //!   all of them on failure ([`Run::ok`], [`Run::fails_with`]).
 //! - [`Timing`] parses `generate`'s timing line; [`safetensors_header`] reads a weight
@@ -32,10 +34,14 @@ pub const OFFLINE_ENDPOINT: &str = "http://127.0.0.1:9";
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Environment variables removed from every command: credentials, proxies (a proxy would
-/// route hub requests off the machine) and backtrace switches.
-const REMOVED_ENV: [&str; 12] = [
+/// route hub requests off the machine), a hub cache or timeout of the caller's (the cache must
+/// be the sandbox's `HF_HOME`) and backtrace switches.
+const REMOVED_ENV: [&str; 15] = [
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_CACHE",
+    "XDG_CACHE_HOME",
+    "EMILIO_HUB_TIMEOUT_SECS",
     "RUST_BACKTRACE",
     "RUST_LIB_BACKTRACE",
     "HTTP_PROXY",
@@ -214,16 +220,21 @@ pub fn generate(sb: &Sandbox, model: &Path, prompt: &str, extra: &[&str]) -> Run
 /// Runs `cmd` with piped stdout and stderr, killing it (and failing) after
 /// [`COMMAND_TIMEOUT`].
 pub fn run(cmd: Command) -> Run {
-    run_inner(cmd, None)
+    run_inner(cmd, None, COMMAND_TIMEOUT)
+}
+
+/// [`run`], failing after `timeout` instead: for a command that would hang if a bug came back.
+pub fn run_within(cmd: Command, timeout: Duration) -> Run {
+    run_inner(cmd, None, timeout)
 }
 
 /// [`run`], with `input` written to the command's stdin (which is then closed).
 pub fn run_with_input(mut cmd: Command, input: &str) -> Run {
     cmd.stdin(Stdio::piped());
-    run_inner(cmd, Some(input.to_string()))
+    run_inner(cmd, Some(input.to_string()), COMMAND_TIMEOUT)
 }
 
-fn run_inner(mut cmd: Command, input: Option<String>) -> Run {
+fn run_inner(mut cmd: Command, input: Option<String>, timeout: Duration) -> Run {
     let cmdline = describe(&cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -240,7 +251,7 @@ fn run_inner(mut cmd: Command, input: Option<String>) -> Run {
     });
     let stdout = read_in_background(child.stdout.take());
     let stderr = read_in_background(child.stderr.take());
-    let status = wait_with_timeout(&mut child, &cmdline, COMMAND_TIMEOUT);
+    let status = wait_with_timeout(&mut child, &cmdline, timeout);
     if let Some(writer) = writer {
         writer.join().expect("stdin writer");
     }

@@ -10,13 +10,16 @@
 //!   [`Reference::check`], [`Reference::check_stock`], [`Reference::check_pair`].
 //! - [`errors`]: reading Candle errors ([`expect_err`], [`error_text`], [`names_shape`]).
 //! - [`cli`]: running the `emilio` binary end to end in a sandbox without network.
+//! - [`fake_hub`]: a fake of the Hugging Face hub's file endpoints on 127.0.0.1, with faults,
+//!   for the hub client's tests.
 //!
-//! Everything but [`cli`] is re-exported at the crate root, so a suite imports what it uses
+//! Everything but [`cli`] and [`fake_hub`] is re-exported at the crate root, so a suite imports what it uses
 //! from `emilio_tests` directly.
 
 pub mod budget;
 pub mod cli;
 pub mod errors;
+pub mod fake_hub;
 pub mod inputs;
 pub mod models;
 pub mod reference;

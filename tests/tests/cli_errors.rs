@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use emilio_qwen::synthetic::{write_checkpoint, Preset, SyntheticSpec};
-use emilio_tests::cli::{wait_with_timeout, Run, Sandbox, COMMAND_TIMEOUT};
+use emilio_tests::cli::{run_within, wait_with_timeout, Run, Sandbox, COMMAND_TIMEOUT};
 use serde_json::Value;
 
 /// `emilio generate --model MODEL --prompt hi EXTRA...`, not checked.
@@ -181,6 +181,103 @@ fn missing_shard_is_named() {
         .to_string();
     std::fs::remove_file(dir.join(&shard)).unwrap();
     every_model_command_fails(&sb, s(&dir), &[&shard]);
+}
+
+/// The index of a sharded checkpoint in `sb/name` with one shard name replaced by `shard`.
+fn sharded_with_shard_name(sb: &Sandbox, name: &str, shard: &str) -> PathBuf {
+    let dir = sb.join(name);
+    write_checkpoint(&dir, &SyntheticSpec::new(Preset::Tiny).with_shards(2)).unwrap();
+    let path = dir.join("model.safetensors.index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    index["weight_map"]["model.norm.weight"] = Value::String(shard.to_string());
+    std::fs::write(&path, index.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn shard_names_outside_the_checkpoint_are_refused() {
+    let sb = Sandbox::new();
+    // A real file at each place, so that only the name's check can refuse it.
+    let outside = sb.join("outside.safetensors");
+    let donor = checkpoint(&sb, "donor");
+    std::fs::copy(donor.join("model.safetensors"), &outside).unwrap();
+    let absolute = outside.to_str().unwrap().to_string();
+    for (i, shard) in [
+        "../outside.safetensors",
+        absolute.as_str(),
+        "sub/x.safetensors",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = sharded_with_shard_name(&sb, &format!("sharded-{i}"), shard);
+        generate(&sb, s(&dir), &[]).fails_with(&[shard, "plain file name", "index.json"]);
+    }
+}
+
+/// `mkfifo PATH`.
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("running mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+#[cfg(unix)]
+fn a_fifo_in_place_of_a_file_is_refused_not_read() {
+    // Reading a FIFO blocks until a writer opens it: each of these used to hang forever.
+    let sb = Sandbox::new();
+    let within = Duration::from_secs(60);
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        let dir = checkpoint(&sb, &format!("fifo-{file}"));
+        let path = dir.join(file);
+        std::fs::remove_file(&path).unwrap();
+        mkfifo(&path);
+        let cmd = sb.command(["generate", "--model", s(&dir), "--prompt", "hi"]);
+        run_within(cmd, within).fails_with(&[s(&path), "FIFO", "not a regular file"]);
+    }
+    let fifo = sb.join("model.gguf");
+    mkfifo(&fifo);
+    let cmd = sb.command(["generate", "--model", s(&fifo), "--prompt", "hi"]);
+    run_within(cmd, within).fails_with(&[s(&fifo), "FIFO"]);
+}
+
+#[test]
+fn a_directory_in_place_of_the_weights_is_named_as_one() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let weights = dir.join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::create_dir(&weights).unwrap();
+    every_model_command_fails(&sb, s(&dir), &[s(&weights), "is a directory"]);
+    // A shard too.
+    let sharded = sb.join("sharded");
+    write_checkpoint(&sharded, &SyntheticSpec::new(Preset::Tiny).with_shards(2)).unwrap();
+    let shard = sharded.join("model-00001-of-00002.safetensors");
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::create_dir(&shard).unwrap();
+    generate(&sb, s(&sharded), &[]).fails_with(&[s(&shard), "is a directory"]);
+}
+
+#[test]
+fn revision_with_a_local_model_is_an_error_naming_the_flag() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    for extra in [["--revision", "v2.0"], ["--revision", "main"]] {
+        generate(&sb, s(&dir), &extra).fails_with(&["--revision", extra[1], s(&dir), "directory"]);
+    }
+    let gguf = sb.join("tiny.gguf");
+    sb.run(["synth", "--format", "gguf", "--out", s(&gguf)])
+        .ok();
+    generate(&sb, s(&gguf), &["--revision", "v2.0"]).fails_with(&["--revision", s(&gguf), "file"]);
 }
 
 #[test]

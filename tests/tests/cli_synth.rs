@@ -116,21 +116,80 @@ fn synth_is_seeded() {
 }
 
 #[test]
-fn synth_overwrites_an_existing_checkpoint_in_place() {
+fn synth_overwrites_an_existing_checkpoint_in_place_with_force() {
     let sb = Sandbox::new();
     let dir = sb.synth_tiny("ckpt", 1, &[]);
     let first = read(&dir.join("model.safetensors"));
-    sb.synth_tiny("ckpt", 2, &[]);
+    sb.synth_tiny("ckpt", 2, &["--force"]);
     let second = read(&dir.join("model.safetensors"));
     assert!(
         first != second,
         "rewriting with another seed changed nothing"
     );
-    sb.synth_tiny("ckpt", 1, &[]);
+    sb.synth_tiny("ckpt", 1, &["--force"]);
     assert!(
         first == read(&dir.join("model.safetensors")),
         "rewriting with the first seed did not restore its weights"
     );
+}
+
+#[test]
+fn synth_refuses_to_overwrite_without_force_naming_the_file() {
+    let sb = Sandbox::new();
+    let dir = sb.synth_tiny("ckpt", 1, &[]);
+    let weights = read(&dir.join("model.safetensors"));
+    let synth = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["synth", "--seed", "2", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        sb.run(args)
+    };
+    let config = dir.join("config.json");
+    synth(&dir, &[]).fails_with(&[config.to_str().unwrap(), "--force"]);
+    assert!(
+        weights == read(&dir.join("model.safetensors")),
+        "a refused synth wrote"
+    );
+    // One file of a checkpoint is enough to refuse, and it is named.
+    let partial = sb.join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    let tokenizer = partial.join("tokenizer.json");
+    std::fs::write(&tokenizer, "mine").unwrap();
+    synth(&partial, &[]).fails_with(&[tokenizer.to_str().unwrap(), "--force"]);
+    assert_eq!(std::fs::read_to_string(&tokenizer).unwrap(), "mine");
+    // Other files of the directory do not count.
+    let other = sb.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    synth(&other, &[]).ok();
+    // A GGUF file likewise.
+    let gguf = sb.join("m.gguf");
+    std::fs::write(&gguf, "mine").unwrap();
+    synth(&gguf, &["--format", "gguf"]).fails_with(&[gguf.to_str().unwrap(), "--force"]);
+    assert_eq!(std::fs::read_to_string(&gguf).unwrap(), "mine");
+    synth(&gguf, &["--format", "gguf", "--force"]).ok();
+    assert!(read(&gguf).starts_with(b"GGUF"));
+}
+
+#[test]
+#[cfg(unix)]
+fn synth_gives_every_file_the_same_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    // What a file the process creates gets under its umask (the tests' umask is the command's).
+    let probe = sb.join("probe");
+    std::fs::write(&probe, "").unwrap();
+    let expected = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+    let dir = sb.synth_tiny("ckpt", 1, &[]);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode,
+            expected,
+            "{}: {mode:o}, not {expected:o}",
+            path.display()
+        );
+    }
 }
 
 #[test]
