@@ -32,18 +32,37 @@ impl ModelFiles {
     /// The tokenizer: `tokenizer.json`, else the one a GGUF file's metadata describes; errors
     /// name the file.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
-        if let Some(path) = &self.tokenizer_path {
+        let (tokenizer, source) = if let Some(path) = &self.tokenizer_path {
             emilio_qwen::files::check_regular_file(path)?;
-            return Tokenizer::from_file(path)
-                .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()));
+            let tokenizer = Tokenizer::from_file(path)
+                .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()))?;
+            (tokenizer, path.display().to_string())
+        } else {
+            match &self.checkpoint.gguf {
+                Some(gguf) => {
+                    let source = gguf.path().display().to_string();
+                    let tokenizer = emilio_qwen::tokenizer::from_gguf(gguf.metadata(), &source)?;
+                    (tokenizer, source)
+                }
+                None => bail!("{} has no tokenizer", self.label),
+            }
+        };
+        // An id past the model's embedding table would fail deep in the first forward pass
+        // ("index-select invalid index"), naming neither file.
+        let vocab = self.checkpoint.config.vocab_size;
+        if let Some((token, id)) = tokenizer
+            .get_vocab(true)
+            .into_iter()
+            .filter(|&(_, id)| id as usize >= vocab)
+            .max_by_key(|&(_, id)| id)
+        {
+            bail!(
+                "the tokenizer {source} has token {token:?} with id {id}, but the model has \
+                 {vocab} embeddings (vocab_size in {}): the tokenizer belongs to another model",
+                self.checkpoint.config_path.display()
+            )
         }
-        match &self.checkpoint.gguf {
-            Some(gguf) => Ok(emilio_qwen::tokenizer::from_gguf(
-                gguf.metadata(),
-                &gguf.path().display().to_string(),
-            )?),
-            None => bail!("{} has no tokenizer", self.label),
-        }
+        Ok(tokenizer)
     }
 
     /// The model's own chat template: from `tokenizer_config.json` when the model has one,

@@ -128,6 +128,9 @@ impl Checkpoint {
         if let Some(gguf) = &self.gguf {
             return gguf.var_builder(dtype, device);
         }
+        for file in &self.weight_files {
+            check_float_tensors(file)?;
+        }
         // SAFETY: `from_mmaped_safetensors` maps the files read-only. Mapping is unsound only if
         // a file is truncated or modified while mapped (the mapped bytes would change under
         // safe code, or reading them would fault). These are checkpoint files we only read, and
@@ -251,6 +254,45 @@ pub fn load(
     let ckpt = Checkpoint::from_dir(dir)?;
     let model = ckpt.load(dtype, device, options)?;
     Ok((ckpt.config, model))
+}
+
+/// Errors, naming the tensor and the file, when a safetensors file holds a tensor of an integer
+/// or boolean dtype: Candle would convert it to the model's float dtype without a word (a
+/// quantized export's packed `U8`/`I32` weights become small integers), and the model would run
+/// on numbers that mean nothing. Only the header is read.
+pub fn check_float_tensors(file: &Path) -> Result<()> {
+    use std::io::Read;
+    let fail = |why: String| candle_core::Error::msg(format!("{}: {why}", file.display()));
+    let mut f = std::fs::File::open(file).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let size = f.metadata().map_err(|e| fail(e.to_string()))?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| fail("too short for a safetensors file (no header length)".into()))?;
+    let len = u64::from_le_bytes(len);
+    // The same cap as the safetensors crate's: a header is never near 100 MB.
+    if len > size.saturating_sub(8) || len > 100_000_000 {
+        return Err(fail(format!(
+            "its header claims {len} bytes, the file has {size}: it is not a safetensors file, or is truncated"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| fail(format!("cannot read its header: {e}")))?;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&header)
+        .map_err(|e| fail(format!("its header is not JSON: {e}")))?;
+    for (name, info) in &header {
+        let dtype = info.get("dtype").and_then(Value::as_str);
+        if let Some(dtype) = dtype {
+            if !matches!(dtype, "F16" | "BF16" | "F32" | "F64") {
+                return Err(fail(format!(
+                    "tensor {name} is {dtype}, not a floating-point type: this is not a plain \
+                     checkpoint (a quantized export?); use the original float weights, or a GGUF \
+                     file"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The weight files of a checkpoint directory: `model.safetensors` if present, else every shard

@@ -281,6 +281,48 @@ fn revision_with_a_local_model_is_an_error_naming_the_flag() {
 }
 
 #[test]
+fn integer_weights_are_refused_not_cast_to_float() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + len].to_vec()).unwrap();
+    // The same byte width (2), so the file stays consistent: BF16 -> I16, padded to length.
+    let name = "model.layers.0.self_attn.q_proj.weight";
+    let at = header.find(name).unwrap();
+    let dtype_at = at + header[at..].find("\"BF16\"").unwrap();
+    let mut edited = header.clone();
+    edited.replace_range(dtype_at..dtype_at + 6, " \"I16\"");
+    assert_eq!(edited.len(), header.len());
+    bytes[8..8 + len].copy_from_slice(edited.as_bytes());
+    std::fs::write(&weights, bytes).unwrap();
+    every_model_command_fails(
+        &sb,
+        s(&dir),
+        &[
+            name,
+            "I16",
+            "not a floating-point type",
+            "model.safetensors",
+        ],
+    );
+}
+
+#[test]
+fn a_tokenizer_with_ids_past_the_vocabulary_is_named() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["vocab_size"] = Value::from(200);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    // The weights no longer fit the config either; the tokenizer is checked first, naming it.
+    sb.run(["generate", "--model", s(&dir), "--prompt", "hi"])
+        .fails_with(&["tokenizer.json", "with id", "200 embeddings", "config.json"]);
+}
+
+#[test]
 fn untied_config_without_a_head() {
     let sb = Sandbox::new();
     let dir = checkpoint(&sb, "ckpt");
