@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use emilio_qwen::eval::{self, Corpus, Estimate, Reference, ReferenceInfo, Summary};
@@ -86,10 +86,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot serialise the tokenizer to fingerprint it: {e}"))?;
     let info = ReferenceInfo {
         model: files.label.clone(),
-        model_sha256: eval::sha256_of(&model_files, &[])?,
-        tokenizer_sha256: eval::sha256_of(&[], &[tokenizer_json.as_bytes()])?,
+        model_sha256: emilio_qwen::files::sha256_of_files(&model_files)?,
+        tokenizer_sha256: emilio_qwen::files::sha256_of_bytes(tokenizer_json.as_bytes()),
         text: file.clone(),
-        text_sha256: eval::sha256_of(&[], &[text.as_bytes()])?,
+        text_sha256: emilio_qwen::files::sha256_of_bytes(text.as_bytes()),
         ctx: corpus.ctx(),
         chunks: corpus.chunks(),
         vocab: ckpt.config.vocab_size,
@@ -185,20 +185,10 @@ fn read_text(path: &Path) -> Result<String> {
     })
 }
 
-/// A bar of the tokens a pass feeds its model, with rate and ETA; hidden when stderr is not a
-/// terminal.
+/// A bar of the tokens a pass feeds its model.
 fn progress_bar(name: &str, corpus: &Corpus) -> ProgressBar {
-    let bar = ProgressBar::new((corpus.chunks() * (corpus.ctx() - 1)) as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>7} [{bar:30}] {pos}/{len} tokens, {per_sec}, ETA {eta}",
-        )
-        .expect("the template is valid")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(name.to_string());
-    bar.tick();
-    bar
+    let tokens = (corpus.chunks() * (corpus.ctx() - 1)) as u64;
+    crate::progress::bar(tokens, &format!("{name:>7}"), "{pos}/{len} tokens")
 }
 
 /// `value ± uncertainty` with `f` for both (the uncertainty omitted when there is none).

@@ -34,9 +34,9 @@
 
 use std::cell::OnceCell;
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -588,7 +588,7 @@ impl Repo<'_> {
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         drop(out);
         if is_sha256(&meta.etag) {
-            let got = hex(&hasher.finalize());
+            let got = emilio_qwen::files::hex(&hasher.finalize());
             if got != meta.etag.to_ascii_lowercase() {
                 return Err(removed(
                     format!(
@@ -782,10 +782,6 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Whether a failed request timed out (ureq reports a socket timeout as an I/O error).
 fn is_timeout(e: &ureq::Transport) -> bool {
     let mut source = std::error::Error::source(e);
@@ -816,60 +812,30 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// A download's progress on stderr: one line when it starts, and on a terminal a percentage
-/// redrawn a few times a second.
+/// A download's progress on stderr: one line when it starts, and on a terminal a bar of the
+/// bytes received ([`crate::progress`]).
 struct Progress {
-    terminal: bool,
-    total: u64,
-    last: Instant,
-    drawn: bool,
-    name: String,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     fn new(file: &str, repo: &str, total: u64) -> Self {
         eprintln!("downloading {file} of {repo} ({})", size(total));
         Self {
-            terminal: std::io::stderr().is_terminal(),
-            total,
-            last: Instant::now(),
-            drawn: false,
-            name: file.to_string(),
+            bar: crate::progress::bar(total, file, "{bytes}/{total_bytes}"),
         }
     }
 
     fn update(&mut self, received: u64) {
-        if !self.terminal || self.last.elapsed() < Duration::from_millis(200) {
-            return;
-        }
-        self.last = Instant::now();
-        self.drawn = true;
-        let pct = received as f64 * 100.0 / self.total.max(1) as f64;
-        eprint!(
-            "\r{}: {:.1} of {:.1} MB ({pct:.0}%)",
-            self.name,
-            received as f64 / 1e6,
-            self.total as f64 / 1e6
-        );
+        self.bar.set_position(received);
     }
 
     fn finish(&mut self) {
-        if self.drawn {
-            eprintln!(
-                "\r{}: {:.1} MB, done{}",
-                self.name,
-                self.total as f64 / 1e6,
-                " ".repeat(16)
-            );
-            self.drawn = false;
-        }
+        self.bar.finish();
     }
 
     fn abandon(&mut self) {
-        if self.drawn {
-            eprintln!();
-            self.drawn = false;
-        }
+        self.bar.abandon();
     }
 }
 

@@ -12,6 +12,7 @@ mod eval;
 mod generate;
 mod hub;
 mod memory;
+mod progress;
 mod prompt;
 mod runner;
 mod source;

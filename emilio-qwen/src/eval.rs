@@ -23,10 +23,7 @@ mod corpus;
 mod reference_file;
 mod stats;
 
-use std::path::Path;
-
 use candle_core::{bail, DType, Device, Result, Tensor};
-use sha2::{Digest, Sha256};
 
 use crate::generation::CausalLM;
 
@@ -108,6 +105,16 @@ pub fn score<M: CausalLM + ?Sized>(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Scored>> {
     let per_chunk = corpus.scored_per_chunk();
+    if reference.info().ctx != corpus.ctx() || reference.len() < corpus.scored() {
+        bail!(
+            "the reference (ctx {}, {} positions) does not cover the corpus (ctx {}, {} positions): \
+             check it with Reference::check_matches first",
+            reference.info().ctx,
+            reference.len(),
+            corpus.ctx(),
+            corpus.scored()
+        )
+    }
     let mut scored = Vec::with_capacity(corpus.chunks() * per_chunk);
     let mut scratch = Vec::new();
     for chunk in 0..corpus.chunks() {
@@ -130,26 +137,6 @@ pub fn score<M: CausalLM + ?Sized>(
         progress(chunk + 1);
     }
     Ok(scored)
-}
-
-/// The SHA-256 of `parts` in order, each a file (read in full) or bytes, as lowercase hex: how
-/// a reference recognises the model, tokenizer and text it was made from.
-pub fn sha256_of(files: &[&Path], bytes: &[&[u8]]) -> Result<String> {
-    let mut hasher = Sha256::new();
-    for path in files {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| candle_core::Error::msg(format!("cannot read {}: {e}", path.display())))?;
-        std::io::copy(&mut file, &mut hasher)
-            .map_err(|e| candle_core::Error::msg(format!("cannot read {}: {e}", path.display())))?;
-    }
-    for b in bytes {
-        hasher.update(b);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::io::ErrorKind;
 use std::path::Path;
 
 use candle_core::{bail, Result};
+use sha2::{Digest, Sha256};
 
 /// What `path` is, following symbolic links: `Ok(true)` for a regular file, `Ok(false)` when
 /// nothing is there (or a symbolic link points nowhere), an error naming the path and what it
@@ -65,6 +66,30 @@ pub fn kind(file_type: &FileType) -> &'static str {
         }
     }
     "not a regular file"
+}
+
+/// The SHA-256 of `files`' contents, one after the other, as lowercase hex: how an eval
+/// reference recognises the model it was made from. Each file is read in full.
+pub fn sha256_of_files(files: &[&Path]) -> Result<String> {
+    let mut hasher = Sha256::new();
+    for path in files {
+        check_regular_file(path)?;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| candle_core::Error::msg(format!("cannot read {}: {e}", path.display())))?;
+        std::io::copy(&mut file, &mut hasher)
+            .map_err(|e| candle_core::Error::msg(format!("cannot read {}: {e}", path.display())))?;
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// The SHA-256 of `bytes`, as lowercase hex.
+pub fn sha256_of_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Bytes as lowercase hex (how the hub writes sha256 digests).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -42,6 +42,17 @@ fn lm_logits(rng: &mut StdRng, vocab: usize, spread: f32) -> Vec<f32> {
         .collect()
 }
 
+/// A reference of `lm_logits` rows (of `spread`) at every scored position of `c`.
+fn random_reference(rng: &mut StdRng, c: &Corpus, vocab: usize, spread: f32) -> Reference {
+    let mut reference = Reference::new(info(c.ctx(), c.chunks(), vocab), c).unwrap();
+    for chunk in 0..c.chunks() {
+        for &t in c.targets(chunk) {
+            reference.push(&lm_logits(rng, vocab, spread), t).unwrap();
+        }
+    }
+    reference
+}
+
 #[test]
 fn reference_kl_is_the_full_vocabulary_kl_within_its_bound() {
     let mut rng = StdRng::seed_from_u64(0x5eed_0e7a);
@@ -152,14 +163,7 @@ fn a_saved_reference_reads_back_identical() {
     let mut rng = StdRng::seed_from_u64(11);
     let (ctx, vocab) = (9, 5000);
     let c = corpus(&mut rng, ctx, 3, vocab);
-    let mut reference = Reference::new(info(ctx, 3, vocab), &c).unwrap();
-    for chunk in 0..3 {
-        for &t in c.targets(chunk) {
-            reference
-                .push(&lm_logits(&mut rng, vocab, 25.0), t)
-                .unwrap();
-        }
-    }
+    let reference = random_reference(&mut rng, &c, vocab, 25.0);
     let dir = tempdir();
     let path = dir.join("ref.safetensors");
     reference.save(&path).unwrap();
@@ -189,12 +193,7 @@ fn a_reference_of_another_model_tokenizer_text_ctx_or_dtype_is_refused_naming_it
     let mut rng = StdRng::seed_from_u64(13);
     let (ctx, vocab) = (8, 50);
     let c = corpus(&mut rng, ctx, 2, vocab);
-    let mut reference = Reference::new(info(ctx, 2, vocab), &c).unwrap();
-    for chunk in 0..2 {
-        for &t in c.targets(chunk) {
-            reference.push(&lm_logits(&mut rng, vocab, 5.0), t).unwrap();
-        }
-    }
+    let reference = random_reference(&mut rng, &c, vocab, 5.0);
     let path = std::path::Path::new("saved.safetensors");
     let refused = |expected: ReferenceInfo, corpus: &Corpus| {
         reference
@@ -251,10 +250,7 @@ fn a_damaged_reference_file_is_an_error_naming_it() {
     let mut rng = StdRng::seed_from_u64(17);
     let (ctx, vocab) = (6, 40);
     let c = corpus(&mut rng, ctx, 1, vocab);
-    let mut reference = Reference::new(info(ctx, 1, vocab), &c).unwrap();
-    for &t in c.targets(0) {
-        reference.push(&lm_logits(&mut rng, vocab, 5.0), t).unwrap();
-    }
+    let reference = random_reference(&mut rng, &c, vocab, 5.0);
     let dir = tempdir();
     let path = dir.join("ref.safetensors");
     reference.save(&path).unwrap();
