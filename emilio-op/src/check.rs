@@ -3,6 +3,7 @@
 use candle_core::{bail, DType, Error, Result, Tensor};
 
 use crate::backend::device_name;
+use crate::ExpMode;
 
 /// `t` must be a float tensor.
 pub(crate) fn check_float(op: &str, t: &Tensor) -> Result<()> {
@@ -44,4 +45,26 @@ pub(crate) fn mixed_dtypes(supported: &str, a: DType, b: DType) -> Error {
     Error::Msg(format!(
         "log_matmul supports two operands of the same float dtype ({supported}), got {a:?} and {b:?}"
     ))
+}
+
+/// The approximate exp modes have `f32` CPU kernels only: `x` must be an `f32`, `f16` or `bf16`
+/// tensor on the CPU unless `mode` is [`ExpMode::Exact`].
+pub(crate) fn check_mode(op: &str, mode: ExpMode, x: &Tensor) -> Result<()> {
+    if mode == ExpMode::Exact {
+        return Ok(());
+    }
+    if !x.device().is_cpu() {
+        bail!(
+            "{op}: the {mode} exp mode has CPU kernels only so far, and the input is on {}; \
+             use the exact mode (--exp exact) on a GPU, or run on the CPU",
+            device_name(x.device())
+        );
+    }
+    if x.dtype() == DType::F64 {
+        bail!(
+            "{op}: the {mode} exp mode approximates f32 arithmetic and has no f64 kernel; cast \
+             the input to f32, or use the exact mode (--exp exact) for f64"
+        );
+    }
+    Ok(())
 }

@@ -11,6 +11,9 @@
 //! - [`LogWeight`]: a weight converted once into `ln|w|` (`f32` or `f16`, see
 //!   [`WeightFormat`]) plus one sign bit per weight.
 //! - [`LogLinear`] ([`log_linear`], [`log_linear_no_bias`]): a drop-in `candle_nn::Linear`.
+//! - [`ExpMode`]: the precision dial. `exact` by default; `fast`, `mitchell` (Mitchell's
+//!   piecewise-linear exp) and `lmul` (L-Mul) trade a stated error per product for speed, in
+//!   [`log_matmul_with`] and through a [`LogConfig`] in [`LogWeight`] and [`LogLinear`].
 //!
 //! # Using the op in your own model
 //! Swap `candle_nn::linear` for [`log_linear`] and `matmul` for [`log_matmul`]:
@@ -77,6 +80,7 @@
 mod backend;
 mod check;
 mod cpu;
+mod exp_mode;
 // The CUDA path: kernels/emilio.cu as PTX, launched through Candle's CUDA device.
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -101,6 +105,7 @@ pub fn cpu_isa() -> &'static str {
     cpu::isa::Isa::get().name()
 }
 
+pub use exp_mode::ExpMode;
 pub use linear::{log_linear, log_linear_b, log_linear_no_bias, LogLinear};
-pub use matmul::{broadcast_log_matmul, log_matmul};
-pub use weight::{LogWeight, WeightFormat};
+pub use matmul::{broadcast_log_matmul, broadcast_log_matmul_with, log_matmul, log_matmul_with};
+pub use weight::{LogConfig, LogWeight, WeightFormat};

@@ -3,7 +3,7 @@
 use candle_core::{bail, Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 
-use crate::{LogWeight, WeightFormat};
+use crate::{LogConfig, LogWeight};
 
 /// A linear layer `y = x·wᵀ + b` whose products are computed in the log domain.
 ///
@@ -16,7 +16,7 @@ use crate::{LogWeight, WeightFormat};
 /// use std::collections::HashMap;
 /// use candle_core::{DType, Device, Module, Tensor};
 /// use candle_nn::VarBuilder;
-/// use emilio_op::{log_linear, WeightFormat};
+/// use emilio_op::{log_linear, ExpMode, LogConfig, WeightFormat};
 ///
 /// // Any model's VarBuilder works; here one over two tensors.
 /// let dev = Device::Cpu;
@@ -26,8 +26,11 @@ use crate::{LogWeight, WeightFormat};
 /// ]);
 /// let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
 /// let proj = log_linear(16, 8, WeightFormat::F16, vb.pp("proj"))?;
-/// let y = proj.forward(&Tensor::randn(0f32, 1.0, (2, 5, 16), &dev)?)?;
-/// assert_eq!(y.dims(), &[2, 5, 8]);
+/// let x = Tensor::randn(0f32, 1.0, (2, 5, 16), &dev)?;
+/// assert_eq!(proj.forward(&x)?.dims(), &[2, 5, 8]);
+/// // The same layer with the cheaper `fast` exp (a format alone means exact products).
+/// let fast = log_linear(16, 8, LogConfig::new(WeightFormat::F16, ExpMode::Fast), vb.pp("proj"))?;
+/// assert_eq!(fast.forward(&x)?.dims(), &[2, 5, 8]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -46,9 +49,9 @@ impl LogLinear {
     pub fn from_weights(
         weight: &Tensor,
         bias: Option<Tensor>,
-        format: WeightFormat,
+        config: impl Into<LogConfig>,
     ) -> Result<Self> {
-        let weight = LogWeight::from_tensor(weight, format)?;
+        let weight = LogWeight::from_tensor(weight, config)?;
         if let Some(b) = &bias {
             let out_dim = weight.dims().0;
             if b.dims() != [out_dim] {
@@ -63,8 +66,8 @@ impl LogLinear {
     }
 
     /// Converts an existing stock layer, consuming it so its plain weight is freed.
-    pub fn from_linear(linear: candle_nn::Linear, format: WeightFormat) -> Result<Self> {
-        Self::from_weights(linear.weight(), linear.bias().cloned(), format)
+    pub fn from_linear(linear: candle_nn::Linear, config: impl Into<LogConfig>) -> Result<Self> {
+        Self::from_weights(linear.weight(), linear.bias().cloned(), config)
     }
 
     /// The same layer on `device` (see [`LogWeight::to_device`]).
@@ -105,20 +108,20 @@ impl Module for LogLinear {
 pub fn log_linear(
     in_dim: usize,
     out_dim: usize,
-    format: WeightFormat,
+    config: impl Into<LogConfig>,
     vb: VarBuilder,
 ) -> Result<LogLinear> {
-    log_linear_b(in_dim, out_dim, true, format, vb)
+    log_linear_b(in_dim, out_dim, true, config, vb)
 }
 
 /// A [`LogLinear`] without bias, loaded like `candle_nn::linear_no_bias`.
 pub fn log_linear_no_bias(
     in_dim: usize,
     out_dim: usize,
-    format: WeightFormat,
+    config: impl Into<LogConfig>,
     vb: VarBuilder,
 ) -> Result<LogLinear> {
-    log_linear_b(in_dim, out_dim, false, format, vb)
+    log_linear_b(in_dim, out_dim, false, config, vb)
 }
 
 /// A [`LogLinear`] with or without bias, loaded like `candle_nn::linear_b`.
@@ -126,12 +129,12 @@ pub fn log_linear_b(
     in_dim: usize,
     out_dim: usize,
     bias: bool,
-    format: WeightFormat,
+    config: impl Into<LogConfig>,
     vb: VarBuilder,
 ) -> Result<LogLinear> {
     // Read and converted on the CPU, then moved: on a GPU the plain weight never is.
     let cpu = vb.clone().set_device(Device::Cpu);
-    let weight = LogWeight::from_tensor(&cpu.get((out_dim, in_dim), "weight")?, format)?
+    let weight = LogWeight::from_tensor(&cpu.get((out_dim, in_dim), "weight")?, config)?
         .to_device(vb.device())?;
     let bias = if bias {
         Some(vb.get(out_dim, "bias")?)

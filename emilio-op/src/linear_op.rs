@@ -11,6 +11,7 @@ use crate::cpu::magnitude::Magnitudes;
 use crate::cpu::split::{ln_split, MatrixView};
 use crate::cpu::weight_columns::WeightColumns;
 use crate::packing::sign_words_per_row;
+use crate::ExpMode;
 
 /// The log-domain product of activations `x` (`(…, in)`) with a [`LogWeight`]'s transpose, as a
 /// Candle [`CustomOp3`] over `(x, magnitudes, signs)`.
@@ -18,7 +19,11 @@ use crate::packing::sign_words_per_row;
 /// Crate-private: users call [`LogWeight::forward`](crate::LogWeight::forward) or
 /// [`crate::LogLinear`], which check shapes first.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct LogLinearOp;
+pub(crate) struct LogLinearOp {
+    /// The weight's exp mode (the CPU kernels; GPUs take only the exact mode, which
+    /// [`LogWeight::forward`](crate::LogWeight::forward) checks before the op runs).
+    pub exp: ExpMode,
+}
 
 impl CustomOp3 for LogLinearOp {
     fn name(&self) -> &'static str {
@@ -59,11 +64,15 @@ impl CustomOp3 for LogLinearOp {
             signs,
             k,
         };
+        let mode = self.exp;
         match x {
-            CpuStorage::F32(x) => Ok(cpu_linear(x, lx, n, &cols)),
-            CpuStorage::F64(x) => Ok(cpu_linear(x, lx, n, &cols)),
-            CpuStorage::F16(x) => Ok(cpu_linear(x, lx, n, &cols)),
-            CpuStorage::BF16(x) => Ok(cpu_linear(x, lx, n, &cols)),
+            CpuStorage::F32(x) => Ok(cpu_linear(mode, x, lx, n, &cols)),
+            CpuStorage::F64(x) if mode == ExpMode::Exact => Ok(cpu_linear(mode, x, lx, n, &cols)),
+            CpuStorage::F16(x) => Ok(cpu_linear(mode, x, lx, n, &cols)),
+            CpuStorage::BF16(x) => Ok(cpu_linear(mode, x, lx, n, &cols)),
+            CpuStorage::F64(_) => bail!(
+                "a log-domain linear layer: the {mode} exp mode has no f64 kernel; use the exact mode"
+            ),
             _ => bail!(
                 "a log-domain linear layer needs float activations (f32, f64, f16, bf16), got {:?}",
                 x.dtype()
@@ -125,6 +134,7 @@ impl CustomOp3 for LogLinearOp {
 }
 
 fn cpu_linear<S: Input>(
+    mode: ExpMode,
     x: &[S],
     lx: &Layout,
     n: usize,
@@ -132,8 +142,8 @@ fn cpu_linear<S: Input>(
 ) -> (CpuStorage, Shape) {
     let view = MatrixView::rows_of(lx);
     let rows = view.batch() * view.rows;
-    let split = ln_split(x, &view);
-    let y = log_gemm(1, (rows, n, cols.k), &split, cols);
+    let split = ln_split(mode, x, &view);
+    let y = log_gemm(mode, 1, (rows, n, cols.k), &split, cols);
     let y: Vec<S> = y.into_iter().map(S::from_acc).collect();
     let dims = lx.dims();
     let shape = Shape::from(&dims[..dims.len() - 1]).extend(&[n]);

@@ -7,17 +7,22 @@ use candle_core::{
 use emilio_kernels::Backend;
 
 use crate::backend::unsupported;
-use crate::check::{check_float, check_same, mixed_dtypes};
+use crate::check::{check_float, check_mode, check_same, mixed_dtypes};
 use crate::cpu::gemm::{log_gemm, SplitColumns};
 use crate::cpu::input::Input;
 use crate::cpu::split::{ln_split, MatrixView};
+use crate::ExpMode;
 
 /// The log-domain matrix product of two activations, as a Candle [`CustomOp2`].
 ///
 /// Crate-private: users call [`log_matmul`], which checks shapes and handles empty products
 /// first.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct LogMatMul;
+pub(crate) struct LogMatMul {
+    /// How each product's `exp` is taken (the CPU kernels; GPUs take only the exact mode, which
+    /// [`log_matmul_with`] checks before the op runs).
+    pub exp: ExpMode,
+}
 
 impl CustomOp2 for LogMatMul {
     fn name(&self) -> &'static str {
@@ -31,12 +36,18 @@ impl CustomOp2 for LogMatMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k, n) = matmul_dims(l1.dims(), l2.dims())?;
+        let dims = matmul_dims(l1.dims(), l2.dims())?;
+        let mode = self.exp;
         match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(cpu_matmul(a, l1, b, l2, (m, k, n))),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(cpu_matmul(a, l1, b, l2, (m, k, n))),
-            (CpuStorage::F16(a), CpuStorage::F16(b)) => Ok(cpu_matmul(a, l1, b, l2, (m, k, n))),
-            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => Ok(cpu_matmul(a, l1, b, l2, (m, k, n))),
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(cpu_matmul(mode, a, l1, b, l2, dims)),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) if mode == ExpMode::Exact => {
+                Ok(cpu_matmul(mode, a, l1, b, l2, dims))
+            }
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => Ok(cpu_matmul(mode, a, l1, b, l2, dims)),
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => Ok(cpu_matmul(mode, a, l1, b, l2, dims)),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                bail!("log_matmul: the {mode} exp mode has no f64 kernel; use the exact mode")
+            }
             _ => Err(mixed_dtypes("f32, f64, f16, bf16", s1.dtype(), s2.dtype())),
         }
     }
@@ -108,6 +119,7 @@ fn matmul_dims(a: &[usize], b: &[usize]) -> Result<(usize, usize, usize)> {
 }
 
 fn cpu_matmul<S: Input>(
+    mode: ExpMode,
     a: &[S],
     la: &Layout,
     b: &[S],
@@ -122,14 +134,14 @@ fn cpu_matmul<S: Input>(
         vb.batch_offsets.truncate(1);
     }
     let batch = va.batch();
-    let split_a = ln_split(a, &va);
+    let split_a = ln_split(mode, a, &va);
     let cols = SplitColumns {
-        split: ln_split(b, &vb),
+        split: ln_split(mode, b, &vb),
         n,
         k,
         shared,
     };
-    let c = log_gemm(batch, (m, n, k), &split_a, &cols);
+    let c = log_gemm(mode, batch, (m, n, k), &split_a, &cols);
     let out: Vec<S> = c.into_iter().map(S::from_acc).collect();
     let rank = la.dims().len();
     let shape = Shape::from(&la.dims()[..rank - 2]).extend(&[m, n]);
@@ -156,8 +168,29 @@ fn cpu_matmul<S: Input>(
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn log_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    log_matmul_with(a, b, ExpMode::Exact)
+}
+
+/// [`log_matmul`] with each product's `exp` taken as `exp` says (the precision dial; see
+/// [`ExpMode`] for each mode's error bound). [`ExpMode::Exact`] is [`log_matmul`] itself; the
+/// other modes run on the CPU, for `f32`, `f16` and `bf16` operands.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use emilio_op::{log_matmul_with, ExpMode};
+///
+/// let a = Tensor::new(&[[1.5f32, -2.0, 0.25]], &Device::Cpu)?;
+/// let b = Tensor::new(&[[4.0f32], [1.0], [-8.0]], &Device::Cpu)?;
+/// let exact = a.matmul(&b)?.to_vec2::<f32>()?[0][0]; // 1.5·4 − 2 − 2 = 2
+/// let approx = log_matmul_with(&a, &b, ExpMode::Mitchell)?.to_vec2::<f32>()?[0][0];
+/// // Each product is within 3.92% of the true one, so the sum within 3.92% of Σ|aᵢbᵢ| = 10.
+/// assert!((approx - exact).abs() <= 0.0392 * 10.0 + 1e-5);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn log_matmul_with(a: &Tensor, b: &Tensor, exp: ExpMode) -> Result<Tensor> {
     check_float("log_matmul", a)?;
     check_same("log_matmul", a, b)?;
+    check_mode("log_matmul", exp, a)?;
     let (m, k, n) = matmul_dims(a.dims(), b.dims())?;
     if k == 0 || m == 0 || n == 0 {
         // An empty sum is zero, as in stock matmul.
@@ -165,7 +198,7 @@ pub fn log_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let shape = Shape::from(&a.dims()[..rank - 2]).extend(&[m, n]);
         return Tensor::zeros(shape, a.dtype(), a.device());
     }
-    a.apply_op2_no_bwd(b, &LogMatMul)
+    a.apply_op2_no_bwd(b, &LogMatMul { exp })
 }
 
 /// [`log_matmul`] with the broadcasting rules of [`Tensor::broadcast_matmul`]: batch dims of
@@ -174,6 +207,12 @@ pub fn log_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Broadcast operands are never copied batch by batch: a rank-2 `b` against a contiguous `a` is
 /// one `(batch·m, k) · (k, n)` product, and any other broadcast `b` is split into logs once.
 pub fn broadcast_log_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    broadcast_log_matmul_with(a, b, ExpMode::Exact)
+}
+
+/// [`broadcast_log_matmul`] with each product's `exp` taken as `exp` says (see
+/// [`log_matmul_with`]).
+pub fn broadcast_log_matmul_with(a: &Tensor, b: &Tensor, exp: ExpMode) -> Result<Tensor> {
     let (a_shape, b_shape) = broadcast_shapes(a, b)?;
     if b.rank() == 2 && a.rank() > 2 && a.is_contiguous() && a_shape == *a.shape() {
         let dims = a.dims();
@@ -181,9 +220,9 @@ pub fn broadcast_log_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let batch: usize = dims[..a.rank() - 2].iter().product();
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank > 2") = b.dim(1)?;
-        return log_matmul(&a.reshape((batch * m, k))?, b)?.reshape(out_dims);
+        return log_matmul_with(&a.reshape((batch * m, k))?, b, exp)?.reshape(out_dims);
     }
-    log_matmul(&a.broadcast_as(a_shape)?, &b.broadcast_as(b_shape)?)
+    log_matmul_with(&a.broadcast_as(a_shape)?, &b.broadcast_as(b_shape)?, exp)
 }
 
 /// The shapes both operands broadcast to, as [`Tensor::broadcast_matmul`] computes them.

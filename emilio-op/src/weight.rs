@@ -8,9 +8,10 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::backend::device_name;
-use crate::check::check_float;
+use crate::check::{check_float, check_mode};
 use crate::linear_op::LogLinearOp;
 use crate::packing::{pack_sign_row, sign_words_per_row};
+use crate::ExpMode;
 
 /// How the magnitudes `ln|w|` of a [`LogWeight`] are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -60,13 +61,62 @@ impl FromStr for WeightFormat {
     }
 }
 
+/// How a [`LogWeight`] is stored and how its products are computed: a [`WeightFormat`] and an
+/// [`ExpMode`]. A `WeightFormat` alone converts to the exact mode, so every function that takes
+/// a `LogConfig` also takes a plain format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LogConfig {
+    /// How `ln|w|` is stored.
+    pub format: WeightFormat,
+    /// How each product's `exp` is taken; [`ExpMode::Lmul`] also stores Mitchell's logs of
+    /// the weights (read from their `f32` bits) instead of the natural ones.
+    pub exp: ExpMode,
+}
+
+impl LogConfig {
+    /// A format with an exp mode.
+    pub fn new(format: WeightFormat, exp: ExpMode) -> Self {
+        Self { format, exp }
+    }
+}
+
+impl From<WeightFormat> for LogConfig {
+    fn from(format: WeightFormat) -> Self {
+        Self::new(format, ExpMode::Exact)
+    }
+}
+
+impl fmt::Display for LogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.format, self.exp)
+    }
+}
+
+/// The log a weight is stored as for `mode`, computed in f64: `ln|w|`, or for `lmul` Mitchell's
+/// `ln 2·(e + m)` of `w`'s `f32` bits, the log L-Mul's integer adder reads (`-inf` for zeros,
+/// `+inf` and NaN kept).
+fn weight_log(mode: ExpMode, w: f64) -> f64 {
+    if !mode.reads_logs_from_bits() {
+        return w.abs().ln();
+    }
+    let bits = (w as f32).to_bits() & 0x7fff_ffff;
+    if bits == 0 {
+        f64::NEG_INFINITY
+    } else if bits >= 0x7f80_0000 {
+        f64::from(f32::from_bits(bits))
+    } else {
+        (f64::from(bits) - f64::from(0x3f80_0000u32)) * std::f64::consts::LN_2 / 8_388_608.0
+    }
+}
+
 /// Rows converted per block: bounds the plain copy alive at once (a 151936-row LM head is
 /// converted 4 Mi weights at a time instead of all at once).
 const CONVERT_BLOCK_ELEMS: usize = 1 << 22;
 
-/// Fills `mags` with `round(ln|w|)` and `signs` with the packed sign bits of the `(out, in)`
-/// weight `w`, a block of rows at a time, rows spread over threads.
+/// Fills `mags` with `round(log(w))` (the log of [`weight_log`]) and `signs` with the packed
+/// sign bits of the `(out, in)` weight `w`, a block of rows at a time, rows spread over threads.
 fn convert_rows<M: Copy + Send>(
+    mode: ExpMode,
     w: &Tensor,
     mags: &mut [M],
     signs: &mut [u32],
@@ -100,7 +150,7 @@ fn convert_rows<M: Copy + Send>(
             .for_each(|((row, mags), packed)| {
                 pack_sign_row(row.iter().map(|v| v.is_sign_negative()), packed);
                 for (m, v) in mags.iter_mut().zip(row) {
-                    *m = round(v.abs().ln());
+                    *m = round(weight_log(mode, *v));
                 }
             });
     }
@@ -132,15 +182,18 @@ pub struct LogWeight {
     magnitudes: Tensor,
     signs: Tensor,
     format: WeightFormat,
+    exp: ExpMode,
 }
 
 impl LogWeight {
-    /// Converts a `(out, in)` weight of any float dtype, on any device.
+    /// Converts a `(out, in)` weight of any float dtype, on any device, for `config`: a
+    /// [`WeightFormat`] (exact products) or a [`LogConfig`] with an [`ExpMode`].
     ///
     /// Logs are taken in f64 and rounded once to the format, so an `f32` magnitude is the
     /// correctly rounded `ln|w|` in all but the rarest cases and an `f16` one is never
     /// double-rounded.
-    pub fn from_tensor(w: &Tensor, format: WeightFormat) -> Result<Self> {
+    pub fn from_tensor(w: &Tensor, config: impl Into<LogConfig>) -> Result<Self> {
+        let LogConfig { format, exp } = config.into();
         let (out_dim, in_dim) = match w.dims() {
             &[o, i] => (o, i),
             dims => bail!(
@@ -160,12 +213,12 @@ impl LogWeight {
         let magnitudes = match format {
             WeightFormat::F32 => {
                 let mut mags = vec![0f32; out_dim * in_dim];
-                convert_rows(w, &mut mags, &mut signs, |l| l as f32)?;
+                convert_rows(exp, w, &mut mags, &mut signs, |l| l as f32)?;
                 Tensor::from_vec(mags, (out_dim, in_dim), device)?
             }
             WeightFormat::F16 => {
                 let mut mags = vec![f16::ZERO; out_dim * in_dim];
-                convert_rows(w, &mut mags, &mut signs, f16::from_f64)?;
+                convert_rows(exp, w, &mut mags, &mut signs, f16::from_f64)?;
                 Tensor::from_vec(mags, (out_dim, in_dim), device)?
             }
         };
@@ -174,10 +227,12 @@ impl LogWeight {
             magnitudes,
             signs,
             format,
+            exp,
         })
     }
 
-    /// Rebuilds a weight from its parts, e.g. as saved by a converter.
+    /// Rebuilds a weight from its parts, e.g. as saved by a converter, for exact products (see
+    /// [`LogWeight::with_exp`] for another mode).
     ///
     /// `magnitudes` is `(out, in)` in `F32` or `F16`; `signs` is `(out, ceil(in/32))` `U32`.
     pub fn from_parts(magnitudes: Tensor, signs: Tensor) -> Result<Self> {
@@ -204,6 +259,27 @@ impl LogWeight {
             magnitudes: magnitudes.contiguous()?,
             signs: signs.contiguous()?,
             format,
+            exp: ExpMode::Exact,
+        })
+    }
+
+    /// The same stored weight with its products taken in mode `exp`.
+    ///
+    /// The modes that read natural logs (`exact`, `fast`, `mitchell`) share one stored form, so
+    /// a weight converts once and switches among them for free; `lmul` stores Mitchell's logs
+    /// instead, so switching to or from it is refused (convert with [`LogWeight::from_tensor`]
+    /// and a [`LogConfig`] in that mode).
+    pub fn with_exp(&self, exp: ExpMode) -> Result<Self> {
+        if exp.reads_logs_from_bits() != self.exp.reads_logs_from_bits() {
+            bail!(
+                "a log-domain weight converted for the {} exp mode cannot switch to {exp}: the two                  store different logs; convert the plain weight again with LogConfig::new({}, {exp})",
+                self.exp,
+                self.format
+            );
+        }
+        Ok(Self {
+            exp,
+            ..self.clone()
         })
     }
 
@@ -216,6 +292,16 @@ impl LogWeight {
     /// How the magnitudes are stored.
     pub fn format(&self) -> WeightFormat {
         self.format
+    }
+
+    /// How each product's `exp` is taken.
+    pub fn exp(&self) -> ExpMode {
+        self.exp
+    }
+
+    /// The format and the exp mode together.
+    pub fn config(&self) -> LogConfig {
+        LogConfig::new(self.format, self.exp)
     }
 
     /// `ln|w|`, shape `(out, in)`, dtype [`WeightFormat::dtype`].
@@ -243,6 +329,7 @@ impl LogWeight {
             magnitudes: self.magnitudes.to_device(device)?,
             signs: self.signs.to_device(device)?,
             format: self.format,
+            exp: self.exp,
         })
     }
 
@@ -256,6 +343,7 @@ impl LogWeight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         const OP: &str = "a log-domain linear layer";
         check_float(OP, x)?;
+        check_mode(OP, self.exp, x)?;
         let (out_dim, in_dim) = self.dims();
         match x.dims().last() {
             Some(&k) if k == in_dim => {}
@@ -277,7 +365,8 @@ impl LogWeight {
             *dims.last_mut().expect("rank ≥ 1") = out_dim;
             return Tensor::zeros(dims, x.dtype(), x.device());
         }
-        x.apply_op3_no_bwd(&self.magnitudes, &self.signs, &LogLinearOp)
+        let op = LogLinearOp { exp: self.exp };
+        x.apply_op3_no_bwd(&self.magnitudes, &self.signs, &op)
     }
 }
 

@@ -12,6 +12,8 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
+use super::exp_kernel::{Exact, ExpKernel, Fast, Lmul, Mitchell};
+
 /// `e^x` for 16 lanes: the reduction and polynomial of [`super::exp::exp_f32`] with fused
 /// multiply-adds, and `2ⁿ` applied by `vscalefps`. Bit-identical to `exp_f32::<true>`.
 #[inline]
@@ -34,11 +36,84 @@ fn exp16(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
+/// The `exp` of `fast`: [`super::approx::exp_fast`] for 16 lanes, bit for bit.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16_fast(x: __m512) -> __m512 {
+    use super::approx::{FAST_POLY, X_MIN};
+    use super::exp::consts::{LOG2E, X_MAX};
+    let x = _mm512_min_ps(_mm512_set1_ps(X_MAX), x);
+    let x = _mm512_max_ps(_mm512_set1_ps(X_MIN), x);
+    let t = _mm512_mul_ps(x, _mm512_set1_ps(LOG2E));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let f = _mm512_sub_ps(t, n);
+    let mut p = _mm512_set1_ps(FAST_POLY[0]);
+    for &c in &FAST_POLY[1..] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+/// Mitchell's `exp` with offset `sigma`: [`super::approx::exp_mitchell`] for 16 lanes, bit
+/// for bit: `2^⌊t⌋·(1 + t − ⌊t⌋)` in 7 instructions.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16_mitchell(x: __m512, sigma: f32) -> __m512 {
+    use super::approx::X_MIN;
+    use super::exp::consts::{LOG2E, X_MAX};
+    let x = _mm512_min_ps(_mm512_set1_ps(X_MAX), x);
+    let x = _mm512_max_ps(_mm512_set1_ps(X_MIN), x);
+    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), _mm512_set1_ps(sigma));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+    let m = _mm512_add_ps(_mm512_set1_ps(1.0), _mm512_sub_ps(t, n));
+    _mm512_scalef_ps(m, n)
+}
+
+/// An [`ExpKernel`]'s `exp` for 16 lanes, bit-identical to its portable one with FMA.
+pub(crate) trait Exp16: ExpKernel {
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    unsafe fn exp16(x: __m512) -> __m512;
+}
+
+impl Exp16 for Exact {
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { exp16(x) }
+    }
+}
+
+impl Exp16 for Fast {
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { exp16_fast(x) }
+    }
+}
+
+impl Exp16 for Mitchell {
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { exp16_mitchell(x, super::approx::MITCHELL_SIGMA) }
+    }
+}
+
+impl Exp16 for Lmul {
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { exp16_mitchell(x, super::approx::LMUL_OFFSET) }
+    }
+}
+
 /// `acc + s·exp(l)`, the sign given as a mask of sign bits.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn accumulate(acc: __m512, l: __m512, sign: __m512i) -> __m512 {
-    let e = _mm512_castps_si512(exp16(l));
+fn accumulate<E: Exp16>(acc: __m512, l: __m512, sign: __m512i) -> __m512 {
+    // SAFETY: this function runs only with AVX-512F, its target feature.
+    let e = _mm512_castps_si512(unsafe { E::exp16(l) });
     _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_xor_si512(e, sign)))
 }
 
@@ -95,7 +170,7 @@ fn load16_epi32(s: &[u32]) -> __m512i {
 
 /// [`super::dot::LogDot::log_dot`] for `f32` on activations: logs and per-element sign masks on both sides.
 #[target_feature(enable = "avx512f")]
-pub(super) fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
+pub(super) fn log_dot<E: Exp16>(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
     let k = la.len();
     assert!(sa.len() == k && lb.len() == k && sb.len() == k);
     let body = k - k % 32;
@@ -112,8 +187,8 @@ pub(super) fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
         let l1 = _mm512_add_ps(load16_ps(&la[16..]), load16_ps(&lb[16..]));
         let s0 = _mm512_xor_si512(load16_epi32(sa), load16_epi32(sb));
         let s1 = _mm512_xor_si512(load16_epi32(&sa[16..]), load16_epi32(&sb[16..]));
-        acc0 = accumulate(acc0, l0, s0);
-        acc1 = accumulate(acc1, l1, s1);
+        acc0 = accumulate::<E>(acc0, l0, s0);
+        acc1 = accumulate::<E>(acc1, l1, s1);
     }
     // The last k % 32 elements, with masked loads; lanes past the end leave the sums alone.
     for (h, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
@@ -124,7 +199,7 @@ pub(super) fn log_dot(la: &[f32], sa: &[u32], lb: &[f32], sb: &[u32]) -> f32 {
         let (a, mask) = load_ps(la, j);
         let (b, _) = load_ps(lb, j);
         let sign = _mm512_xor_si512(load_epi32(sa, j), load_epi32(sb, j));
-        *acc = _mm512_mask_mov_ps(*acc, mask, accumulate(*acc, _mm512_add_ps(a, b), sign));
+        *acc = _mm512_mask_mov_ps(*acc, mask, accumulate::<E>(*acc, _mm512_add_ps(a, b), sign));
     }
     reduce(acc0, acc1)
 }
@@ -181,7 +256,7 @@ impl Magnitude16 for f16 {
 /// (`negative`, one bit per lane).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn accumulate_packed(
+fn accumulate_packed<E: Exp16>(
     acc: __m512,
     l: __m512,
     w: __m512,
@@ -189,12 +264,12 @@ fn accumulate_packed(
     negative: __mmask16,
 ) -> __m512 {
     let sign = _mm512_mask_xor_epi32(x_sign, negative, x_sign, _mm512_set1_epi32(i32::MIN));
-    accumulate(acc, _mm512_add_ps(l, w), sign)
+    accumulate::<E>(acc, _mm512_add_ps(l, w), sign)
 }
 
 /// [`super::gemv::log_dot_packed`]: activation logs and masks against one stored weight row.
 #[target_feature(enable = "avx512f")]
-pub(super) fn log_dot_packed<M: Magnitude16>(
+pub(super) fn log_dot_packed<M: Magnitude16, E: Exp16>(
     la: &[f32],
     sa: &[u32],
     mags: &[M],
@@ -211,8 +286,8 @@ pub(super) fn log_dot_packed<M: Magnitude16>(
         // SAFETY (both loads): this function runs only with AVX-512F, its target feature.
         let (w0, w1) = unsafe { (M::load16(mags), M::load16(&mags[16..])) };
         // Lane l of the low half takes bit l of the word, of the high half bit 16 + l.
-        acc0 = accumulate_packed(acc0, load16_ps(la), w0, load16_epi32(sa), word as __mmask16);
-        acc1 = accumulate_packed(
+        acc0 = accumulate_packed::<E>(acc0, load16_ps(la), w0, load16_epi32(sa), word as __mmask16);
+        acc1 = accumulate_packed::<E>(
             acc1,
             load16_ps(&la[16..]),
             w1,
@@ -231,7 +306,7 @@ pub(super) fn log_dot_packed<M: Magnitude16>(
             // SAFETY: as above.
             let w = unsafe { M::load16_tail(mags, j) };
             let negative = (word >> (16 * h)) as __mmask16;
-            let sum = accumulate_packed(*acc, a, w, load_epi32(sa, j), negative);
+            let sum = accumulate_packed::<E>(*acc, a, w, load_epi32(sa, j), negative);
             *acc = _mm512_mask_mov_ps(*acc, mask, sum);
         }
     }
@@ -241,9 +316,10 @@ pub(super) fn log_dot_packed<M: Magnitude16>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::exp::exp_f32;
+    use crate::cpu::exp_kernel::with_exp_kernel;
     use crate::cpu::portable::{log_dot_lanes, log_dot_packed_lanes};
     use crate::packing::pack_sign_row;
+    use crate::ExpMode;
     use rand::{Rng, SeedableRng};
 
     fn have_avx512() -> bool {
@@ -255,13 +331,21 @@ mod tests {
     }
 
     #[test]
-    fn exp16_is_bit_identical_to_the_portable_exp() {
+    fn exp16_is_bit_identical_to_the_portable_exp_in_every_mode() {
         if !have_avx512() {
             return;
         }
+        for mode in ExpMode::ALL {
+            with_exp_kernel!(mode, E => exp16_matches::<E>(mode));
+        }
+    }
+
+    fn exp16_matches<E: Exp16>(mode: ExpMode) {
         let max = 110f32.to_bits();
+        // Every 97th bit pattern for the exact exp, every 389th for the others (their
+        // arithmetic has no region the coarser sweep could skip: no table, no branch).
         let mut xs: Vec<f32> = (0..=max)
-            .step_by(97)
+            .step_by(if E::EXACT { 97 } else { 389 })
             .flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)])
             .collect();
         xs.extend([
@@ -278,12 +362,14 @@ mod tests {
             lanes[..chunk.len()].copy_from_slice(chunk);
             let mut got = [0f32; 16];
             // SAFETY: AVX-512F checked above; the stores write 16 lanes into a 16-float array.
-            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(lanes.as_ptr()))) };
+            unsafe {
+                _mm512_storeu_ps(got.as_mut_ptr(), E::exp16(_mm512_loadu_ps(lanes.as_ptr())))
+            };
             for (&x, &g) in chunk.iter().zip(&got) {
-                let want = exp_f32::<true>(x);
+                let want = E::exp::<true>(x);
                 assert!(
                     g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
-                    "x = {x:e}: avx512 {g:e}, portable {want:e}"
+                    "{mode}, x = {x:e}: avx512 {g:e}, portable {want:e}"
                 );
             }
         }
@@ -317,31 +403,43 @@ mod tests {
     }
 
     #[test]
-    fn kernels_are_bit_identical_to_the_portable_ones() {
+    fn kernels_are_bit_identical_to_the_portable_ones_in_every_mode() {
         if !have_avx512() {
             return;
         }
+        for mode in ExpMode::ALL {
+            with_exp_kernel!(mode, E => kernels_match::<E>(mode));
+        }
+    }
+
+    fn kernels_match<E: Exp16>(mode: ExpMode) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for k in (0..100).chain([127, 128, 129, 896, 4864]) {
             for _ in 0..4 {
                 let (la, sa, _) = operand(&mut rng, k);
                 let (lb, sb, wb) = operand(&mut rng, k);
                 // SAFETY: AVX-512F checked above.
-                let got = unsafe { log_dot(&la, &sa, &lb, &sb) };
-                let want = log_dot_lanes::<f32, 32, true>(&la, &sa, &lb, &sb);
-                assert!(same(got, want), "log_dot k={k}: {got:e} vs {want:e}");
+                let got = unsafe { log_dot::<E>(&la, &sa, &lb, &sb) };
+                let want = log_dot_lanes::<f32, E, 32, true>(&la, &sa, &lb, &sb);
+                assert!(same(got, want), "{mode} log_dot k={k}: {got:e} vs {want:e}");
 
                 let mut signs = vec![0u32; k.div_ceil(32)];
                 pack_sign_row(wb.iter().map(|w| w.is_sign_negative()), &mut signs);
                 let m16: Vec<f16> = lb.iter().map(|&l| f16::from_f32(l)).collect();
                 // SAFETY: AVX-512F checked above.
-                let got = unsafe { log_dot_packed(&la, &sa, &m16, &signs) };
-                let want = log_dot_packed_lanes::<f16, true>(&la, &sa, &m16, &signs);
-                assert!(same(got, want), "packed f16 k={k}: {got:e} vs {want:e}");
+                let got = unsafe { log_dot_packed::<_, E>(&la, &sa, &m16, &signs) };
+                let want = log_dot_packed_lanes::<f16, E, true>(&la, &sa, &m16, &signs);
+                assert!(
+                    same(got, want),
+                    "{mode} packed f16 k={k}: {got:e} vs {want:e}"
+                );
                 // SAFETY: AVX-512F checked above.
-                let got = unsafe { log_dot_packed(&la, &sa, &lb, &signs) };
-                let want = log_dot_packed_lanes::<f32, true>(&la, &sa, &lb, &signs);
-                assert!(same(got, want), "packed f32 k={k}: {got:e} vs {want:e}");
+                let got = unsafe { log_dot_packed::<_, E>(&la, &sa, &lb, &signs) };
+                let want = log_dot_packed_lanes::<f32, E, true>(&la, &sa, &lb, &signs);
+                assert!(
+                    same(got, want),
+                    "{mode} packed f32 k={k}: {got:e} vs {want:e}"
+                );
             }
         }
     }

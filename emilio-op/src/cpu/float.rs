@@ -9,6 +9,8 @@
 
 use std::ops::{Add, BitXor};
 
+use super::exp_kernel::ExpKernel;
+
 /// A float type the op accumulates in: `f32` (for f32, f16 and bf16 inputs) or `f64`.
 pub(crate) trait LogFloat:
     Copy + Send + Sync + Add<Output = Self> + PartialEq + std::fmt::Debug + 'static
@@ -23,9 +25,11 @@ pub(crate) trait LogFloat:
     /// `(ln|x|, sign mask of x)`.
     fn ln_split(self) -> (Self, Self::Mask);
 
-    /// `s · exp(l)` where `s` is the sign carried by `mask`. `FMA` may only be `true` in code
-    /// compiled with fused multiply-add available (see [`super::isa`]).
-    fn signed_exp<const FMA: bool>(l: Self, mask: Self::Mask) -> Self;
+    /// `s · exp(l)` where `s` is the sign carried by `mask`, with the `exp` of `E` (`f64` has
+    /// only the exact one: the op refuses other modes for `f64` before any kernel runs). `FMA`
+    /// may only be `true` in code compiled with fused multiply-add available (see
+    /// [`super::isa`]).
+    fn signed_exp<E: ExpKernel, const FMA: bool>(l: Self, mask: Self::Mask) -> Self;
 
     /// Widens one stored `f32` magnitude.
     fn from_f32(v: f32) -> Self;
@@ -50,8 +54,8 @@ impl LogFloat for f32 {
     }
 
     #[inline(always)]
-    fn signed_exp<const FMA: bool>(l: Self, mask: u32) -> Self {
-        f32::from_bits(super::exp::exp_f32::<FMA>(l).to_bits() ^ mask)
+    fn signed_exp<E: ExpKernel, const FMA: bool>(l: Self, mask: u32) -> Self {
+        f32::from_bits(E::exp::<FMA>(l).to_bits() ^ mask)
     }
 
     #[inline(always)]
@@ -85,7 +89,8 @@ impl LogFloat for f64 {
 
     /// The f64 path is the high-precision reference path: libm's exp, no vectorisation.
     #[inline(always)]
-    fn signed_exp<const FMA: bool>(l: Self, mask: u64) -> Self {
+    fn signed_exp<E: ExpKernel, const FMA: bool>(l: Self, mask: u64) -> Self {
+        debug_assert!(E::EXACT, "f64 products have only the exact exp");
         f64::from_bits(l.exp().to_bits() ^ mask)
     }
 
@@ -114,6 +119,7 @@ impl LogFloat for f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::exp_kernel::Exact;
 
     #[test]
     fn signed_exp_reproduces_ieee_products_of_specials() {
@@ -131,7 +137,7 @@ mod tests {
             for &b in &values {
                 let (la, sa) = a.ln_split();
                 let (lb, sb) = b.ln_split();
-                let got = f32::signed_exp::<false>(la + lb, sa ^ sb);
+                let got = f32::signed_exp::<Exact, false>(la + lb, sa ^ sb);
                 let want = ((a as f64) * (b as f64)) as f32;
                 if want.is_nan() {
                     assert!(got.is_nan(), "{a}·{b}: want NaN, got {got}");

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::dot::LogDot;
 use super::split::SplitOperand;
+use crate::ExpMode;
 
 /// Widest column tile: a wider one only costs load balance.
 const MAX_TILE: usize = 64;
@@ -37,7 +38,7 @@ pub(crate) trait Columns<T: LogDot>: Sync {
 
     /// Output column `j` of batch `b` for one activation row, reading B as stored: for a few
     /// rows this beats materialising a tile that would be used only once or twice.
-    fn dot_direct(&self, b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T;
+    fn dot_direct(&self, mode: ExpMode, b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T;
 }
 
 /// Split activations as columns: `[batch][n][k]`, or one shared batch when broadcast.
@@ -64,16 +65,18 @@ impl<T: LogDot> Columns<T> for SplitColumns<T> {
         (&self.split.logs[range.clone()], &self.split.masks[range])
     }
 
-    fn dot_direct(&self, b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T {
+    fn dot_direct(&self, mode: ExpMode, b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T {
         let mut no_scratch = ();
         let (lb, sb) = self.tile(b, j, j + 1, &mut no_scratch);
-        T::log_dot(la, sa, lb, sb)
+        T::log_dot(mode, la, sa, lb, sb)
     }
 }
 
 /// `C[b] = A[b] ⊗ B[b]` for `batch` products of `(m × k)` by `(k × n)`, with `a` split row-major
-/// and `cols` giving B's columns. Returns `C` row-major, `[batch][m][n]`.
+/// and `cols` giving B's columns, each product's `exp` that of `mode`. Returns `C` row-major,
+/// `[batch][m][n]`.
 pub(crate) fn log_gemm<T: LogDot, C: Columns<T>>(
+    mode: ExpMode,
     batch: usize,
     (m, n, k): (usize, usize, usize),
     a: &SplitOperand<T>,
@@ -100,7 +103,7 @@ pub(crate) fn log_gemm<T: LogDot, C: Columns<T>>(
                         for i in 0..m {
                             let la = &a_logs[i * k..(i + 1) * k];
                             let sa = &a_masks[i * k..(i + 1) * k];
-                            ct_tile[j * m + i] = cols.dot_direct(b, j0 + j, la, sa);
+                            ct_tile[j * m + i] = cols.dot_direct(mode, b, j0 + j, la, sa);
                         }
                     }
                     return;
@@ -114,7 +117,7 @@ pub(crate) fn log_gemm<T: LogDot, C: Columns<T>>(
                         for i in i0..i1 {
                             let la = &a_logs[i * k..(i + 1) * k];
                             let sa = &a_masks[i * k..(i + 1) * k];
-                            ct_tile[j * m + i] = T::log_dot(la, sa, lb, sb);
+                            ct_tile[j * m + i] = T::log_dot(mode, la, sa, lb, sb);
                         }
                     }
                 }

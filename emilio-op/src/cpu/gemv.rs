@@ -6,22 +6,27 @@
 //! magnitudes are widened in registers and each sign word is broadcast to the 32 lanes it
 //! covers, lane `j` taking bit `j` ([`crate::packing`]).
 
+use super::exp_kernel::ExpKernel;
 use super::isa::Isa;
 use super::magnitude::Magnitude;
 use super::portable::log_dot_packed_lanes;
 use crate::packing::SIGN_BITS_PER_WORD;
 
 #[cfg(target_arch = "x86_64")]
-use super::avx512::Magnitude16 as MagnitudeSimd;
+pub(crate) use super::avx512::{Exp16 as ExpSimd, Magnitude16 as MagnitudeSimd};
 
 /// Where no intrinsics kernel exists, nothing more is asked of a magnitude type.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) trait MagnitudeSimd {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<T> MagnitudeSimd for T {}
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) trait ExpSimd {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T> ExpSimd for T {}
 
-/// The decode kernel for this CPU (see [`Isa`]).
-pub(crate) fn log_dot_packed<M: Magnitude + MagnitudeSimd>(
+/// The decode kernel for this CPU (see [`Isa`]), with the `exp` of `E`.
+pub(crate) fn log_dot_packed<M: Magnitude + MagnitudeSimd, E: ExpKernel + ExpSimd>(
     la: &[f32],
     sa: &[u32],
     mags: &[M],
@@ -32,26 +37,26 @@ pub(crate) fn log_dot_packed<M: Magnitude + MagnitudeSimd>(
     match Isa::get() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA.
-        Isa::Avx512 => unsafe { super::avx512::log_dot_packed(la, sa, mags, signs) },
+        Isa::Avx512 => unsafe { super::avx512::log_dot_packed::<M, E>(la, sa, mags, signs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only detected on CPUs with AVX2 and FMA.
-        Isa::Avx2 => unsafe { x86::packed_avx2(la, sa, mags, signs) },
-        Isa::Neon => log_dot_packed_lanes::<M, true>(la, sa, mags, signs),
-        _ => log_dot_packed_lanes::<M, false>(la, sa, mags, signs),
+        Isa::Avx2 => unsafe { x86::packed_avx2::<M, E>(la, sa, mags, signs) },
+        Isa::Neon => log_dot_packed_lanes::<M, E, true>(la, sa, mags, signs),
+        _ => log_dot_packed_lanes::<M, E, false>(la, sa, mags, signs),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{log_dot_packed_lanes, Magnitude};
+    use super::{log_dot_packed_lanes, ExpKernel, Magnitude};
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn packed_avx2<M: Magnitude>(
+    pub(super) fn packed_avx2<M: Magnitude, E: ExpKernel>(
         la: &[f32],
         sa: &[u32],
         mags: &[M],
         signs: &[u32],
     ) -> f32 {
-        log_dot_packed_lanes::<M, true>(la, sa, mags, signs)
+        log_dot_packed_lanes::<M, E, true>(la, sa, mags, signs)
     }
 }

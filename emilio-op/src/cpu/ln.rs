@@ -8,8 +8,10 @@
 //! Measured error: see the sweep test (≤ 1 ulp required: the error budget assumes a log no
 //! worse than libm's).
 
+use super::approx::ln_mitchell;
 use super::exp::madd;
 use super::isa::Isa;
+use crate::ExpMode;
 
 /// Cephes `logf` polynomial, highest degree first.
 const P: [f32; 9] = [
@@ -65,9 +67,17 @@ fn split_row_lanes<const FMA: bool>(src: &[f32], logs: &mut [f32], masks: &mut [
     }
 }
 
-/// The split of a contiguous `f32` row, vectorised for this CPU.
-pub(crate) fn split_row_f32(src: &[f32], logs: &mut [f32], masks: &mut [u32]) {
+/// The split of a contiguous `f32` row, vectorised for this CPU: natural logs, or with
+/// `mode` [`ExpMode::Lmul`] Mitchell's, read from the bits.
+pub(crate) fn split_row_f32(mode: ExpMode, src: &[f32], logs: &mut [f32], masks: &mut [u32]) {
     assert!(logs.len() == src.len() && masks.len() == src.len());
+    if mode.reads_logs_from_bits() {
+        for ((x, l), m) in src.iter().zip(logs.iter_mut()).zip(masks.iter_mut()) {
+            *l = ln_mitchell(*x);
+            *m = x.to_bits() & 0x8000_0000;
+        }
+        return;
+    }
     match Isa::get() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA.
@@ -152,7 +162,7 @@ mod tests {
             })
             .collect();
         let (mut logs, mut masks) = (vec![0f32; src.len()], vec![0u32; src.len()]);
-        split_row_f32(&src, &mut logs, &mut masks);
+        split_row_f32(ExpMode::Exact, &src, &mut logs, &mut masks);
         for (i, &x) in src.iter().enumerate() {
             // Whichever build runs (EMILIO_CPU_ISA may select one without FMA).
             let (a, b) = (ln_f32::<true>(x.abs()), ln_f32::<false>(x.abs()));

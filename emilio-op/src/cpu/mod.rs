@@ -2,17 +2,20 @@
 //!
 //! The modules form layers that only point down (`docs/architecture.md`, "The CPU path"):
 //!
-//! 1. numbers and constants: [`float`] (the accumulation types), [`exp`], [`ln`],
+//! 1. numbers and constants: [`float`] (the accumulation types), [`exp`], [`approx`] (the
+//!    cheaper exps of the precision dial, Mitchell's log), [`exp_kernel`] (one type per mode), [`ln`],
 //!    [`magnitude`] (stored weight magnitudes), [`reduce`] (the lane-reduction order), [`isa`];
 //! 2. kernels: [`portable`] (any CPU, the reference) and `avx512` (intrinsics);
 //! 3. dispatch per type and ISA: [`gemv`] (decode against a stored weight row), [`dot`];
 //! 4. drivers: [`input`] and [`split`] (activations to logs), [`gemm`] (the tiled parallel
 //!    product), [`weight_columns`] (a weight's rows as the product's columns).
 
+pub(crate) mod approx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub(crate) mod dot;
 pub(crate) mod exp;
+pub(crate) mod exp_kernel;
 pub(crate) mod float;
 pub(crate) mod gemm;
 pub(crate) mod gemv;

@@ -3,7 +3,7 @@
 //! compiler turns the lanes into SIMD registers; they are also the reference the intrinsics
 //! kernels ([`super::avx512`]) are held to, bit for bit.
 
-use super::exp::exp_f32;
+use super::exp_kernel::ExpKernel;
 use super::float::LogFloat;
 use super::magnitude::{Magnitude, Magnitudes};
 use super::reduce::pairwise_sum;
@@ -14,7 +14,7 @@ const W: usize = SIGN_BITS_PER_WORD;
 /// The portable body: `LANES` independent accumulators break the add dependency chain so
 /// consecutive `exp`s overlap, and give the vectoriser a fixed-width loop.
 #[inline(always)]
-pub(crate) fn log_dot_lanes<T: LogFloat, const LANES: usize, const FMA: bool>(
+pub(crate) fn log_dot_lanes<T: LogFloat, E: ExpKernel, const LANES: usize, const FMA: bool>(
     la: &[T],
     sa: &[T::Mask],
     lb: &[T],
@@ -30,12 +30,12 @@ pub(crate) fn log_dot_lanes<T: LogFloat, const LANES: usize, const FMA: bool>(
         .zip(sb[..body].chunks_exact(LANES));
     for (((la, sa), lb), sb) in chunks {
         for l in 0..LANES {
-            acc[l] = acc[l] + T::signed_exp::<FMA>(la[l] + lb[l], sa[l] ^ sb[l]);
+            acc[l] = acc[l] + T::signed_exp::<E, FMA>(la[l] + lb[l], sa[l] ^ sb[l]);
         }
     }
     for i in body..k {
         let l = i - body;
-        acc[l] = acc[l] + T::signed_exp::<FMA>(la[i] + lb[i], sa[i] ^ sb[i]);
+        acc[l] = acc[l] + T::signed_exp::<E, FMA>(la[i] + lb[i], sa[i] ^ sb[i]);
     }
     pairwise_sum(&mut acc)
 }
@@ -43,7 +43,7 @@ pub(crate) fn log_dot_lanes<T: LogFloat, const LANES: usize, const FMA: bool>(
 /// `Σ_k s(x)·s(w)·exp(ln|x| + ln|w|)` for one activation row (`la`, `sa`) and one weight row
 /// (`mags`, packed `signs`), with 32 accumulators: one per lane of a sign word.
 #[inline(always)]
-pub(crate) fn log_dot_packed_lanes<M: Magnitude, const FMA: bool>(
+pub(crate) fn log_dot_packed_lanes<M: Magnitude, E: ExpKernel, const FMA: bool>(
     la: &[f32],
     sa: &[u32],
     mags: &[M],
@@ -57,7 +57,7 @@ pub(crate) fn log_dot_packed_lanes<M: Magnitude, const FMA: bool>(
         let (la, sa, mags) = (&la[r.clone()], &sa[r.clone()], &mags[r]);
         for l in 0..W {
             let mask = ((word >> l) & 1) << 31;
-            let e = exp_f32::<FMA>(la[l] + mags[l].widen());
+            let e = E::exp::<FMA>(la[l] + mags[l].widen());
             acc[l] += f32::from_bits(e.to_bits() ^ sa[l] ^ mask);
         }
     }
@@ -65,7 +65,7 @@ pub(crate) fn log_dot_packed_lanes<M: Magnitude, const FMA: bool>(
         let word = signs[full];
         for (l, i) in (full * W..k).enumerate() {
             let mask = ((word >> l) & 1) << 31;
-            let e = exp_f32::<FMA>(la[i] + mags[i].widen());
+            let e = E::exp::<FMA>(la[i] + mags[i].widen());
             acc[l] += f32::from_bits(e.to_bits() ^ sa[i] ^ mask);
         }
     }
@@ -73,7 +73,7 @@ pub(crate) fn log_dot_packed_lanes<M: Magnitude, const FMA: bool>(
 }
 
 /// The decode kernel for accumulators without a SIMD build (`f64`): widen as it goes.
-pub(crate) fn log_dot_weight_row_scalar<T: LogFloat>(
+pub(crate) fn log_dot_weight_row_scalar<T: LogFloat, E: ExpKernel>(
     la: &[T],
     sa: &[T::Mask],
     mags: Magnitudes<'_>,
@@ -86,7 +86,7 @@ pub(crate) fn log_dot_weight_row_scalar<T: LogFloat>(
     let mut acc = [T::NEG_ZERO; 4];
     for i in 0..la.len() {
         let mask = T::mask_from_bit(sign_bit(signs, i));
-        acc[i % 4] = acc[i % 4] + T::signed_exp::<false>(la[i] + widen(i), sa[i] ^ mask);
+        acc[i % 4] = acc[i % 4] + T::signed_exp::<E, false>(la[i] + widen(i), sa[i] ^ mask);
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }

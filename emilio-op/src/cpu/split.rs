@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::float::LogFloat;
 use super::input::Input;
+use crate::ExpMode;
 
 /// Below this many elements the split runs on the calling thread: spawning costs more.
 const PARALLEL_SPLIT_MIN: usize = 1 << 15;
@@ -95,8 +96,13 @@ pub(crate) struct SplitOperand<T: LogFloat> {
     pub masks: Vec<T::Mask>,
 }
 
-/// Splits every matrix of `view` (rows × k) into logs and sign masks, row-major.
-pub(crate) fn ln_split<S: Input>(src: &[S], view: &MatrixView) -> SplitOperand<S::Acc> {
+/// Splits every matrix of `view` (rows × k) into logs and sign masks, row-major; the logs are
+/// the ones `mode` multiplies with (see [`Input::split_run`]).
+pub(crate) fn ln_split<S: Input>(
+    mode: ExpMode,
+    src: &[S],
+    view: &MatrixView,
+) -> SplitOperand<S::Acc> {
     let (rows, k) = (view.rows, view.cols);
     let total = view.batch() * rows * k;
     let mut logs = vec![S::Acc::NEG_ZERO; total];
@@ -113,11 +119,11 @@ pub(crate) fn ln_split<S: Input>(src: &[S], view: &MatrixView) -> SplitOperand<S
         let (b, i) = (r / rows, r % rows);
         let base = view.batch_offsets[b] + i * view.row_stride;
         if view.col_stride == 1 {
-            S::split_run(&src[base..base + k], logs, masks);
+            S::split_run(mode, &src[base..base + k], logs, masks);
         } else {
             gather.clear();
             gather.extend((0..k).map(|c| src[base + c * view.col_stride]));
-            S::split_run(gather, logs, masks);
+            S::split_run(mode, gather, logs, masks);
         }
     };
     if total >= PARALLEL_SPLIT_MIN {
@@ -150,7 +156,7 @@ mod tests {
         assert_eq!(view.batch_offsets, vec![0, 0]);
         assert_eq!((view.rows, view.cols), (3, 2));
         let src: Vec<f32> = vec![1.0, -2.0, 4.0, 0.5, -0.0, 8.0];
-        let split = ln_split(&src, &view);
+        let split = ln_split(ExpMode::Exact, &src, &view);
         // Row i of the transposed view is column i of the original.
         let expect = [1.0f32, 0.5, -2.0, -0.0, 4.0, 8.0];
         for (n, &e) in expect.iter().cycle().take(12).enumerate() {

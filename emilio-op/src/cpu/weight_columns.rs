@@ -4,6 +4,7 @@ use super::dot::LogDot;
 use super::gemm::Columns;
 use super::magnitude::Magnitudes;
 use crate::packing::{sign_bit, sign_words_per_row};
+use crate::ExpMode;
 
 /// Weight rows read as columns of the right-hand operand: each task widens its tile's
 /// magnitudes to `T` and unpacks its sign bits to masks once, then reuses them for every
@@ -57,9 +58,10 @@ impl<T: LogDot> Columns<T> for WeightColumns<'_> {
         (&scratch.logs, &scratch.masks)
     }
 
-    fn dot_direct(&self, _b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T {
+    fn dot_direct(&self, mode: ExpMode, _b: usize, j: usize, la: &[T], sa: &[T::Mask]) -> T {
         let (k, words) = (self.k, sign_words_per_row(self.k));
         T::log_dot_weight_row(
+            mode,
             la,
             sa,
             self.magnitudes.range(j * k..(j + 1) * k),
