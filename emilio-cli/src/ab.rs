@@ -77,6 +77,8 @@ pub struct Speed {
 pub struct AbReport {
     pub model: String,
     pub weight_format: String,
+    /// How the products' exp is taken (`--exp`).
+    pub exp: String,
     /// Activations' and stock weights' dtype (`f32`, `f16`, `bf16`).
     pub dtype: String,
     pub device: String,
@@ -197,6 +199,7 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let report = AbReport {
         model: files.label.clone(),
         weight_format: format.to_string(),
+        exp: args.model.exp.to_string(),
         dtype: dtype.as_str().to_string(),
         device: args.model.device.name(),
         prompt_tokens: prompt.len(),
@@ -224,7 +227,7 @@ fn table(r: &AbReport) -> String {
         o,
         "emilio ab: {} | log weights {} | activations {} | device {} | prompt {} tokens",
         r.model,
-        r.weight_format,
+        crate::cli::log_label(&r.weight_format, &r.exp),
         r.dtype,
         r.device,
         r.prompt_tokens
@@ -299,7 +302,7 @@ fn table(r: &AbReport) -> String {
     outln!(
         o,
         "{:<16} {:>9.2} {:>14.1} {:>13.2}",
-        format!("emilio {}", r.weight_format),
+        format!("emilio {}", crate::cli::log_label(&r.weight_format, &r.exp)),
         r.emilio_speed.load_secs,
         r.emilio_speed.prefill_tok_s,
         r.emilio_speed.decode_tok_s

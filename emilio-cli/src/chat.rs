@@ -66,7 +66,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         "{} ({} backend) loaded in {:.2}s{}; /help lists the commands, Ctrl-D ends the chat",
         files.label,
         match args.backend {
-            Backend::Emilio => format!("emilio {}", args.model.weight_format),
+            Backend::Emilio => format!("emilio {}", args.model.log_label()),
             other => other.name(),
         },
         load.time.as_secs_f64(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use emilio_op::WeightFormat;
+use emilio_op::{ExpMode, WeightFormat};
 use emilio_qwen::synthetic::gguf::GgufQuant;
 use emilio_qwen::synthetic::Preset;
 
@@ -128,10 +128,37 @@ pub struct ModelArgs {
     /// Storage format of the log-domain weights: f16 (half the bytes of f32) or f32 (exact).
     #[arg(long, default_value_t = WeightFormat::F16, value_parser = parse_format)]
     pub weight_format: WeightFormat,
+    /// How each log-domain product's exp is taken: exact (≤ 2 ulp), fast (degree-4
+    /// polynomial, ≤ 3e-6 relative), mitchell (piecewise-linear, ≤ 3.92%) or lmul (L-Mul,
+    /// logs read from the float bits too, ≤ 7.29%). Bounds per product: docs/architecture.md.
+    #[arg(long = "exp", default_value_t = ExpMode::Exact, value_parser = parse_exp)]
+    pub exp: ExpMode,
     /// Dtype of the activations, the KV cache and stock Candle's weights (f16 or bf16 is what
     /// GPUs usually run); log-domain products always accumulate in f32.
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
+}
+
+impl ModelArgs {
+    /// The fork's options: `--weight-format` and `--exp`.
+    pub fn options(&self) -> emilio_qwen::Options {
+        emilio_qwen::Options::new(self.weight_format).with_exp(self.exp)
+    }
+
+    /// How the log-domain backend is named in reports: the format, and the exp mode unless it
+    /// is exact (`f16`, `f16/mitchell`).
+    pub fn log_label(&self) -> String {
+        log_label(&self.weight_format.to_string(), &self.exp.to_string())
+    }
+}
+
+/// `format`, with `/exp` unless the exp mode is exact: how reports name the log-domain backend.
+pub fn log_label(format: &str, exp: &str) -> String {
+    if exp == ExpMode::Exact.name() {
+        format.to_string()
+    } else {
+        format!("{format}/{exp}")
+    }
 }
 
 /// How the prompt is built.
@@ -346,6 +373,10 @@ pub enum SynthFormat {
     Dir,
     /// One GGUF file.
     Gguf,
+}
+
+fn parse_exp(s: &str) -> Result<ExpMode, String> {
+    s.parse().map_err(|e: candle_core::Error| e.to_string())
 }
 
 fn parse_format(s: &str) -> Result<WeightFormat, String> {

@@ -45,6 +45,8 @@ pub struct EvalReport {
     pub file: String,
     pub text_sha256: String,
     pub weight_format: String,
+    /// How the products' exp is taken (`--exp`).
+    pub exp: String,
     /// Activations' and stock weights' dtype.
     pub dtype: String,
     pub device: String,
@@ -141,6 +143,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         file,
         text_sha256: info.text_sha256.clone(),
         weight_format: args.model.weight_format.to_string(),
+        exp: args.model.exp.to_string(),
         dtype: info.dtype.clone(),
         device: args.model.device.name(),
         ctx: corpus.ctx(),
@@ -218,7 +221,7 @@ fn table(r: &EvalReport) -> String {
         o,
         "emilio eval: {} | log weights {} | activations {} | device {}",
         r.model,
-        r.weight_format,
+        crate::cli::log_label(&r.weight_format, &r.exp),
         r.dtype,
         r.device
     );

@@ -40,7 +40,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     eprintln!(
         "{} backend: loaded in {:.2}s{}; prefill {} tokens at {:.1} tok/s; decode {} tokens at {:.1} tok/s",
         match args.backend {
-            crate::cli::Backend::Emilio => format!("emilio ({})", args.model.weight_format),
+            crate::cli::Backend::Emilio => format!("emilio ({})", args.model.log_label()),
             other => other.name(),
         },
         load.time.as_secs_f64(),

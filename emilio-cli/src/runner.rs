@@ -6,7 +6,6 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use emilio_qwen::generation::CausalLM;
 use emilio_qwen::reference::{QuantizedModel, StockModel};
-use emilio_qwen::Options;
 
 use crate::cli::{Backend, ModelArgs};
 use crate::memory::LoadMemory;
@@ -36,13 +35,13 @@ impl Runner {
         args: &ModelArgs,
         device: &Device,
     ) -> Result<(Self, Load)> {
-        let (format, dtype) = (args.weight_format, args.dtype.dtype());
+        let (options, dtype) = (args.options(), args.dtype.dtype());
         let start = Instant::now();
         let ckpt = &files.checkpoint;
         let (runner, memory) = LoadMemory::measure(|| -> Result<Runner> {
             Ok(match backend {
                 Backend::Emilio => Runner::Emilio(
-                    ckpt.load(dtype, device, &Options::new(format))
+                    ckpt.load(dtype, device, &options)
                         .with_context(|| load_context(files, "emilio"))?,
                 ),
                 Backend::Stock => Runner::Stock(

@@ -48,8 +48,8 @@ pub enum ExpMode {
     /// two normal floats is then the integer sum of their bit patterns plus a constant. Per
     /// product the error lies in `[−7.29%, +6.25%]` (mean +0.41%). The integer adds are done
     /// here in `f32` lanes on `ln 2·(e + m)`, which rounds each log to 24 bits (the `2⁻²²` term
-    /// of the bound, with the rounding of `t`). A subnormal operand is read by its bits as L-Mul's integer adder reads
-    /// it, as if its exponent were −127.
+    /// of the bound, with the rounding of `t`). A subnormal
+    /// operand is normalised before its bits are read, so the bound holds for it too.
     Lmul,
 }
 

@@ -94,18 +94,25 @@ impl fmt::Display for LogConfig {
 
 /// The log a weight is stored as for `mode`, computed in f64: `ln|w|`, or for `lmul` Mitchell's
 /// `ln 2·(e + m)` of `w`'s `f32` bits, the log L-Mul's integer adder reads (`-inf` for zeros,
-/// `+inf` and NaN kept).
+/// `+inf` and NaN kept, subnormals normalised first).
 fn weight_log(mode: ExpMode, w: f64) -> f64 {
     if !mode.reads_logs_from_bits() {
         return w.abs().ln();
     }
     let bits = (w as f32).to_bits() & 0x7fff_ffff;
+    let mitchell = |bits: u32| {
+        (f64::from(bits) - f64::from(0x3f80_0000u32)) * std::f64::consts::LN_2 / 8_388_608.0
+    };
     if bits == 0 {
         f64::NEG_INFINITY
     } else if bits >= 0x7f80_0000 {
         f64::from(f32::from_bits(bits))
+    } else if bits < 0x0080_0000 {
+        // A subnormal, normalised first (as the activation split does).
+        let scaled = (f32::from_bits(bits) * 8_388_608.0).to_bits();
+        mitchell(scaled) - 23.0 * std::f64::consts::LN_2
     } else {
-        (f64::from(bits) - f64::from(0x3f80_0000u32)) * std::f64::consts::LN_2 / 8_388_608.0
+        mitchell(bits)
     }
 }
 

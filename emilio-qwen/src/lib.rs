@@ -31,7 +31,7 @@
 //!
 //! let dir = std::env::temp_dir().join(format!("emilio-qwen-lib-doc-{}", std::process::id()));
 //! write_checkpoint(&dir, &SyntheticSpec::new(Preset::Tiny).with_seed(1))?;
-//! let opts = Options { weight_format: WeightFormat::F32 };
+//! let opts = Options::new(WeightFormat::F32);
 //! let (cfg, mut model) = loading::load(&dir, DType::F32, &Device::Cpu, &opts)?;
 //! let logits = model.forward(&Tensor::new(&[[3u32, 1, 4, 1, 5]], &Device::Cpu)?, 0)?;
 //! assert_eq!(logits.dims(), &[1, 1, cfg.vocab_size]);

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Activation, RmsNorm, VarBuilder};
-use emilio_op::{log_linear_no_bias, log_matmul, LogLinear, WeightFormat};
+use emilio_op::{log_linear_no_bias, log_matmul_with, ExpMode, LogConfig, LogLinear, WeightFormat};
 
 use crate::config::{Architecture, Config, RopeScaling};
 
@@ -37,12 +37,28 @@ use crate::config::{Architecture, Config, RopeScaling};
 pub struct Options {
     /// How each linear layer's `ln|w|` is stored (default [`WeightFormat::F16`]).
     pub weight_format: WeightFormat,
+    /// How every product's `exp` is taken, in the linear layers and both attention products
+    /// (default [`ExpMode::Exact`]).
+    pub exp: ExpMode,
 }
 
 impl Options {
-    /// Options with the given weight format.
+    /// Options with the given weight format and exact products.
     pub fn new(weight_format: WeightFormat) -> Self {
-        Self { weight_format }
+        Self {
+            weight_format,
+            exp: ExpMode::Exact,
+        }
+    }
+
+    /// The same options with products in mode `exp`.
+    pub fn with_exp(self, exp: ExpMode) -> Self {
+        Self { exp, ..self }
+    }
+
+    /// The linear layers' [`LogConfig`]: the format and the exp mode.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig::new(self.weight_format, self.exp)
     }
 }
 
@@ -142,7 +158,7 @@ impl MLP {
     fn new(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
         let hidden_sz = cfg.hidden_size;
         let intermediate_sz = cfg.intermediate_size;
-        let f = opts.weight_format;
+        let f = opts.log_config();
         // Read, stacked and converted on the CPU, then moved (see `on_cpu`).
         let cpu = on_cpu(&vb);
         let gate = cpu
@@ -191,6 +207,8 @@ struct Attention {
     num_kv_groups: usize,
     head_dim: usize,
     hidden_size: usize,
+    /// The exp mode of `Q·Kᵀ` and `P·V` (the linear layers carry theirs in their weights).
+    exp: ExpMode,
     rotary_emb: Arc<RotaryEmbedding>,
     kv_cache: Option<(Tensor, Tensor)>,
 }
@@ -207,7 +225,7 @@ impl Attention {
         let num_kv_heads = cfg.num_key_value_heads;
         let num_kv_groups = num_heads / num_kv_heads;
         let head_dim = hidden_sz / num_heads;
-        let f = opts.weight_format;
+        let f = opts.log_config();
         // Read, stacked and converted on the CPU, then moved (see `on_cpu`).
         let cpu = on_cpu(&vb);
         // Qwen2 has q/k/v biases; Llama has none (unless its config says `attention_bias`).
@@ -237,6 +255,7 @@ impl Attention {
             num_kv_groups,
             head_dim,
             hidden_size: hidden_sz,
+            exp: opts.exp,
             rotary_emb,
             kv_cache: None,
         })
@@ -294,8 +313,9 @@ impl Attention {
             let query_states =
                 query_states.reshape((b_sz, self.num_kv_heads, grouped_rows, self.head_dim))?;
             // Q·Kᵀ in the log domain; the transposed operand is read through its strides.
-            let attn_weights = log_matmul(&query_states, &key_states.transpose(2, 3)?)?
-                .reshape((b_sz, self.num_heads, q_len, kv_len))?;
+            let attn_weights =
+                log_matmul_with(&query_states, &key_states.transpose(2, 3)?, self.exp)?
+                    .reshape((b_sz, self.num_heads, q_len, kv_len))?;
             let attn_weights = (attn_weights * scale)?;
 
             let attn_weights = match attention_mask {
@@ -309,7 +329,7 @@ impl Attention {
                 kv_len,
             ))?;
             // softmax·V in the log domain; masked positions are exact zeros (ln 0 = -inf).
-            log_matmul(&attn_weights, &value_states)?.reshape((
+            log_matmul_with(&attn_weights, &value_states, self.exp)?.reshape((
                 b_sz,
                 self.num_heads,
                 q_len,
@@ -663,14 +683,14 @@ impl ModelForCausalLM {
             log_linear_no_bias(
                 cfg.hidden_size,
                 cfg.vocab_size,
-                opts.weight_format,
+                opts.log_config(),
                 vb.pp("lm_head"),
             )?
         } else {
             LogLinear::from_weights(
                 base_model.embed_tokens.embeddings(),
                 None,
-                opts.weight_format,
+                opts.log_config(),
             )?
         };
         Ok(Self {

@@ -100,6 +100,11 @@ pub struct Budget {
     pub acc_overflow: f64,
     /// Unit roundoff of stock matmul's accumulation for this dtype (NaN: no stock matmul).
     pub stock_u: f64,
+    /// An approximate exp mode's relative error per product: `exp_rel + exp_x·|la + lb|`
+    /// ([`emilio_op::ExpMode::error_bound`]; both 0 for the exact mode, whose `exp` is in the
+    /// `8u` term), composed with the logs' own error as `Δ` is: `d(1+d)` with `d` their sum.
+    pub exp_rel: f64,
+    pub exp_x: f64,
 }
 
 impl Budget {
@@ -118,6 +123,8 @@ impl Budget {
                     DType::F16 => pow2(-11),
                     _ => f64::NAN,
                 },
+                exp_rel: 0.0,
+                exp_x: 0.0,
             },
             DType::F64 => Self {
                 out: dtype,
@@ -127,6 +134,8 @@ impl Budget {
                 sub: pow2(-1074),
                 acc_overflow: f64::MAX,
                 stock_u: U_F64,
+                exp_rel: 0.0,
+                exp_x: 0.0,
             },
             other => panic!("no budget for {other:?}"),
         }
@@ -158,6 +167,22 @@ impl Budget {
         b
     }
 
+    /// This budget with each product's `exp` taken in `mode` (see [`emilio_op::ExpMode`]).
+    ///
+    /// For `lmul` the stored weight log is Mitchell's, up to `0.06` away from `ln|w|`, so the
+    /// `f16` format's relative rounding of it is counted on `|lb| + 0.06`.
+    pub fn with_exp(mut self, mode: emilio_op::ExpMode) -> Self {
+        if mode == emilio_op::ExpMode::Exact {
+            return self;
+        }
+        self.exp_rel = mode.error_bound_constant();
+        self.exp_x = mode.error_bound(1.0) - mode.error_bound_constant();
+        if mode.reads_logs_from_bits() {
+            self.b_log_abs += 0.06 * self.b_log_rel;
+        }
+        self
+    }
+
     /// Output rounding `(relative, absolute)` of the result dtype.
     pub(crate) fn out_rounding(&self) -> (f64, f64) {
         match self.out {
@@ -183,7 +208,9 @@ impl Budget {
     #[inline(always)]
     pub(crate) fn delta(&self, la: f64, lb: f64) -> f64 {
         let two_u = 2.0 * self.u;
-        let d = two_u * (la.abs() + (la + lb).abs()) + self.b_log_rel * lb.abs() + self.b_log_abs;
+        let x = (la + lb).abs();
+        let d = two_u * (la.abs() + x) + self.b_log_rel * lb.abs() + self.b_log_abs;
+        let d = d + self.exp_rel + self.exp_x * x;
         d * (1.0 + d) + 8.0 * self.u
     }
 }

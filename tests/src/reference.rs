@@ -119,18 +119,20 @@ fn log_abs(x: f64) -> f64 {
 }
 
 /// The reference of a linear layer, `x·wᵀ (+ bias)`, over the original (unconverted) weight `w`
-/// `(out, in)` with the budget of the weight format; shaped like the layer's output
+/// `(out, in)` with the budget of the weight format and exp mode (a format alone: exact); shaped like the layer's output
 /// `(..., out)` for `x` `(..., in)` of any layout.
 pub fn reference_linear(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
-    format: emilio_op::WeightFormat,
+    config: impl Into<emilio_op::LogConfig>,
 ) -> Reference {
-    let budget = match format {
+    let config = config.into();
+    let budget = match config.format {
         emilio_op::WeightFormat::F32 => Budget::linear_f32(x.dtype()),
         emilio_op::WeightFormat::F16 => Budget::linear_f16(x.dtype()),
-    };
+    }
+    .with_exp(config.exp);
     let in_dim = w.dim(1).expect("a (out, in) weight");
     let rows = x.elem_count() / in_dim;
     let x2 = x.reshape((rows, in_dim)).expect("x is (..., in)");
@@ -163,7 +165,11 @@ pub fn reference_matmul(a: &Tensor, b: &Tensor, budget: Budget) -> Reference {
     let lbt3: Vec<f64> = bt3.iter().map(|&x| log_abs(x)).collect();
     // Precomputed parts of δ that depend on one side only.
     let two_u = 2.0 * budget.u;
-    let wa: Vec<f64> = la3.iter().map(|l| two_u * l.abs()).collect();
+    // The exp mode's constant error rides on the activation side's precomputed part.
+    let wa: Vec<f64> = la3
+        .iter()
+        .map(|l| two_u * l.abs() + budget.exp_rel)
+        .collect();
     let wb: Vec<f64> = lbt3
         .iter()
         .map(|l| budget.b_log_rel * l.abs() + budget.b_log_abs)
@@ -287,7 +293,7 @@ impl RowCtx<'_> {
             &self.lb[j * k..(j + 1) * k],
             &self.wb[j * k..(j + 1) * k],
         );
-        let two_u = 2.0 * self.budget.u;
+        let two_x = 2.0 * self.budget.u + self.budget.exp_x;
         let eight_u = 8.0 * self.budget.u;
         // Four independent chains so that the loop pipelines.
         let mut s = [0.0f64; 4];
@@ -298,7 +304,7 @@ impl RowCtx<'_> {
             for l in 0..4 {
                 let p = a[t + l] * b[t + l];
                 let ap = p.abs();
-                let d = wa[t + l] + wb[t + l] + two_u * (la[t + l] + lb[t + l]).abs();
+                let d = wa[t + l] + wb[t + l] + two_x * (la[t + l] + lb[t + l]).abs();
                 s[l] += p;
                 sa[l] += ap;
                 sd[l] += ap * (d * (1.0 + d) + eight_u);
@@ -308,7 +314,7 @@ impl RowCtx<'_> {
         while t < k {
             let p = a[t] * b[t];
             let ap = p.abs();
-            let d = wa[t] + wb[t] + two_u * (la[t] + lb[t]).abs();
+            let d = wa[t] + wb[t] + two_x * (la[t] + lb[t]).abs();
             s[0] += p;
             sa[0] += ap;
             sd[0] += ap * (d * (1.0 + d) + eight_u);

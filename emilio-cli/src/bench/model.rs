@@ -46,6 +46,8 @@ struct ModelReport {
     /// `qwen2` or `llama`.
     architecture: String,
     weight_format: String,
+    /// How the products' exp is taken (`--exp`).
+    exp: String,
     /// Activations' and stock weights' dtype (`f32`, `f16`, `bf16`).
     dtype: String,
     /// `cpu`, `cuda` or `metal`.
@@ -189,6 +191,7 @@ pub fn run(args: &BenchModelArgs) -> Result<()> {
         model: files.label.clone(),
         architecture: cfg.architecture.to_string(),
         weight_format: format.to_string(),
+        exp: args.model.exp.to_string(),
         dtype: dtype.as_str().to_string(),
         device: args.model.device.name(),
         isa: emilio_op::cpu_isa(),
@@ -242,7 +245,10 @@ fn table(report: &ModelReport) -> String {
     );
     for s in &report.backends {
         let name = if s.backend == Backend::Emilio.name() {
-            format!("emilio {}", report.weight_format)
+            format!(
+                "emilio {}",
+                crate::cli::log_label(&report.weight_format, &report.exp)
+            )
         } else if s.backend == Backend::Stock.name() {
             format!("stock {}", report.dtype)
         } else {

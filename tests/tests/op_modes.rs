@@ -1,0 +1,319 @@
+//! The precision dial ([`ExpMode`]): every mode against the `f64` reference within the mode's
+//! stated per-product bound (`ExpMode::error_bound`, composed into the op's budget by
+//! `Budget::with_exp`) over the op suite's shapes, strided layouts, dtypes and both weight
+//! formats; the IEEE specials in every mode; each approximate product against an independent
+//! `f64` model of its formula (Mitchell's exp, L-Mul's integer sum of bit patterns); the exact
+//! mode through the new entry points bit for bit the old one; and the refusals (f64, switching
+//! to or from `lmul`). CI reruns this suite under `EMILIO_CPU_ISA=avx2` and `baseline`.
+
+use candle_core::{DType, Device, Module, Tensor};
+use emilio_op::{
+    broadcast_log_matmul_with, log_matmul, log_matmul_with, ExpMode, LogConfig, LogLinear,
+    LogWeight, WeightFormat,
+};
+use emilio_tests::{
+    f32_bits, randn, reference_linear, reference_matmul, to_f64_vec, wide, Budget, SMALL_SHAPES,
+};
+
+const APPROXIMATE: [ExpMode; 3] = [ExpMode::Fast, ExpMode::Mitchell, ExpMode::Lmul];
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn check_matmul(what: &str, mode: ExpMode, a: &Tensor, b: &Tensor) {
+    let what = format!(
+        "{mode} {what} {:?}x{:?} {:?}",
+        a.dims(),
+        b.dims(),
+        a.dtype()
+    );
+    let got = log_matmul_with(a, b, mode).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let budget = Budget::for_dtype(a.dtype()).with_exp(mode);
+    reference_matmul(a, b, budget).check(&what, &got);
+}
+
+#[test]
+fn matmul_in_every_mode_is_within_its_bound_over_the_small_shapes() {
+    for mode in APPROXIMATE {
+        for (s, &(m, k, n)) in SMALL_SHAPES.iter().enumerate() {
+            for dtype in DTYPES {
+                let seed = 100 * s as u64;
+                let a = randn(seed, &[m, k], 1.0, dtype);
+                let b = randn(seed + 1, &[k, n], 0.5, dtype);
+                check_matmul("randn", mode, &a, &b);
+                // Magnitudes over e^±20: the |x| term of the bounds.
+                let a = wide(seed + 2, &[m, k], 20.0, dtype);
+                let b = wide(seed + 3, &[k, n], 20.0, dtype);
+                check_matmul("wide", mode, &a, &b);
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_batched_and_broadcast_operands_in_every_mode() {
+    for mode in APPROXIMATE {
+        // Attention's Q·Kᵀ: K transposed, read through its strides.
+        let q = randn(1, &[2, 3, 9, 64], 1.0, DType::F32);
+        let k = randn(2, &[2, 3, 11, 64], 1.0, DType::F32);
+        let kt = k.transpose(2, 3).unwrap();
+        check_matmul("q·kᵀ", mode, &q, &kt);
+        // A narrowed operand.
+        let wide_a = randn(3, &[7, 40], 1.0, DType::F32);
+        let a = wide_a.narrow(1, 5, 33).unwrap();
+        let b = randn(4, &[33, 6], 1.0, DType::F32);
+        check_matmul("narrowed", mode, &a, &b);
+        // broadcast_log_matmul_with: a rank-2 rhs against a batch.
+        let a = randn(5, &[4, 5, 17], 1.0, DType::F32);
+        let b = randn(6, &[17, 3], 1.0, DType::F32);
+        let got = broadcast_log_matmul_with(&a, &b, mode).unwrap();
+        let (ab, bb) = emilio_tests::broadcast_operands(&a, &b);
+        let budget = Budget::for_dtype(DType::F32).with_exp(mode);
+        reference_matmul(&ab, &bb, budget).check(&format!("{mode} broadcast"), &got);
+    }
+}
+
+#[test]
+fn linear_layers_in_every_mode_and_format_are_within_their_bound() {
+    let shapes = [
+        (1, 896, 256),
+        (1, 33, 7),
+        (3, 130, 65),
+        (17, 64, 40),
+        (4, 4864, 96),
+    ];
+    for (s, &(rows, in_dim, out_dim)) in shapes.iter().enumerate() {
+        let w = randn(10 + s as u64, &[out_dim, in_dim], 0.03, DType::F32);
+        let bias = randn(20 + s as u64, &[out_dim], 0.1, DType::F32);
+        for mode in APPROXIMATE {
+            for format in [WeightFormat::F32, WeightFormat::F16] {
+                let config = LogConfig::new(format, mode);
+                for dtype in DTYPES {
+                    // The bias in the activations' dtype, as a model would hold it.
+                    let b = bias.to_dtype(dtype).unwrap();
+                    let layer = LogLinear::from_weights(&w, Some(b.clone()), config).unwrap();
+                    assert_eq!(layer.weight().config(), config);
+                    let x = randn(30 + s as u64, &[rows, in_dim], 1.0, dtype);
+                    let got = layer.forward(&x).unwrap();
+                    let what = format!("{config} x{:?} {dtype:?}", x.dims());
+                    reference_linear(&x, &w, Some(&b), config).check(&what, &got);
+                }
+                // A transposed (strided) input, without bias.
+                let layer = LogLinear::from_weights(&w, None, config).unwrap();
+                let xt = randn(40 + s as u64, &[in_dim, rows], 1.0, DType::F32)
+                    .t()
+                    .unwrap();
+                let got = layer.forward(&xt).unwrap();
+                reference_linear(&xt, &w, None, config)
+                    .check(&format!("{config} transposed"), &got);
+            }
+        }
+    }
+}
+
+/// Every pair of special operands as a `1×1·1×1` product, in every mode: the reference's IEEE
+/// classes (NaN, infinities, signed zeros) and the bound for the finite ones.
+#[test]
+fn ieee_specials_keep_their_meaning_in_every_mode() {
+    let sub = f32::from_bits(3); // subnormal
+    let specials = [
+        0.0f32,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        3.0,
+        -3.0,
+        sub,
+        -sub,
+        1e-30,
+        1e30,
+        -0.5,
+        f32::MIN_POSITIVE,
+        f32::MAX,
+    ];
+    let n = specials.len();
+    let a = Tensor::from_vec(specials.to_vec(), (n, 1), &Device::Cpu).unwrap();
+    let b = Tensor::from_vec(specials.to_vec(), (1, n), &Device::Cpu).unwrap();
+    for mode in ExpMode::ALL {
+        check_matmul("specials", mode, &a, &b);
+        let got = log_matmul_with(&a, &b, mode)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (i, &x) in specials.iter().enumerate() {
+            for (j, &y) in specials.iter().enumerate() {
+                let (p, want) = (got[i][j], x * y);
+                let what = format!("{mode}: {x:e} · {y:e} = {p:e}, IEEE {want:e}");
+                if want.is_nan() {
+                    assert!(p.is_nan(), "{what}");
+                } else if want == 0.0 && (x == 0.0 || y == 0.0) {
+                    // A zero operand: exactly zero, with the product's sign.
+                    assert_eq!(p.to_bits(), want.to_bits(), "{what}");
+                } else if want.is_infinite() && (x.is_infinite() || y.is_infinite()) {
+                    assert_eq!(p, want, "{what}");
+                } else {
+                    assert_eq!(p.is_sign_negative(), want.is_sign_negative(), "{what}");
+                }
+            }
+        }
+    }
+}
+
+/// Mitchell's exp and L-Mul, product by product, against their formulas written in `f64`:
+/// Mitchell takes `t = ln|a·b|·log₂e + σ` and returns `2^⌊t⌋·(1 + t − ⌊t⌋)`; L-Mul adds the
+/// operands' bit patterns as integers (less the bias, plus `2⁻⁴` of mantissa) and reads the sum
+/// as a float.
+#[test]
+fn approximate_products_are_their_formulas() {
+    let mut r = emilio_tests::rng(7);
+    let values: Vec<f32> = (0..64)
+        .map(|_| (emilio_tests::normal(&mut r) * 3.0).exp() as f32)
+        .collect();
+    let n = values.len();
+    let a = Tensor::from_vec(values.clone(), (n, 1), &Device::Cpu).unwrap();
+    let b = Tensor::from_vec(values.clone(), (1, n), &Device::Cpu).unwrap();
+    let mitchell = log_matmul_with(&a, &b, ExpMode::Mitchell)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let lmul = log_matmul_with(&a, &b, ExpMode::Lmul)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    const SIGMA: f64 = -0.057_532_745_889_780_725;
+    for (i, &x) in values.iter().enumerate() {
+        for (j, &y) in values.iter().enumerate() {
+            let t = (x as f64 * y as f64).log2() + SIGMA;
+            let want = 2f64.powf(t.floor()) * (1.0 + t - t.floor());
+            let got = mitchell[i][j] as f64;
+            assert!(
+                (got / want - 1.0).abs() < 3e-6,
+                "mitchell {x}·{y}: {got} vs {want}"
+            );
+
+            let bits = x.to_bits() as i64 + y.to_bits() as i64 - 0x3f80_0000 + (1 << 19);
+            let want = f32::from_bits(bits as u32) as f64;
+            let got = lmul[i][j] as f64;
+            assert!(
+                (got / want - 1.0).abs() < 3e-6,
+                "lmul {x}·{y}: {got} vs {want}"
+            );
+        }
+    }
+    // 1.5 · 1.5: L-Mul gives 2·(1 + 0.5 + 0.5 + 1/16 − 1) = 2.125, Mitchell ≈ 2.2248.
+    let one_and_half = Tensor::new(&[[1.5f32]], &Device::Cpu).unwrap();
+    let p = |mode| {
+        log_matmul_with(&one_and_half, &one_and_half, mode)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()[0][0]
+    };
+    assert!((p(ExpMode::Lmul) - 2.125).abs() < 1e-5);
+    assert!((p(ExpMode::Mitchell) - 2.2248).abs() < 1e-3);
+}
+
+/// Mitchell's offset makes its error zero on average: over many products with spread-out
+/// logs the mean relative error is near zero, while L-Mul's is its documented +0.41% and
+/// `fast`'s is far below both.
+#[test]
+fn mean_errors_are_as_documented() {
+    let n = 256;
+    let a = wide(11, &[n, 1], 8.0, DType::F32);
+    let b = wide(12, &[1, n], 8.0, DType::F32);
+    let exact = to_f64_vec(&a.matmul(&b).unwrap());
+    let mean = |mode| {
+        let got = to_f64_vec(&log_matmul_with(&a, &b, mode).unwrap());
+        let rel: Vec<f64> = got.iter().zip(&exact).map(|(g, e)| g / e - 1.0).collect();
+        rel.iter().sum::<f64>() / rel.len() as f64
+    };
+    let (fast, mitchell, lmul) = (
+        mean(ExpMode::Fast),
+        mean(ExpMode::Mitchell),
+        mean(ExpMode::Lmul),
+    );
+    assert!(fast.abs() < 2e-6, "fast mean {fast:e}");
+    assert!(mitchell.abs() < 1.5e-3, "mitchell mean {mitchell:e}");
+    assert!((lmul - 0.0041).abs() < 2e-3, "lmul mean {lmul:e}");
+}
+
+#[test]
+fn exact_mode_through_the_new_entry_points_is_the_old_op_bit_for_bit() {
+    let a = randn(1, &[5, 3, 70], 1.0, DType::F32);
+    let b = randn(2, &[5, 70, 9], 1.0, DType::F32);
+    let old = log_matmul(&a, &b).unwrap();
+    let new = log_matmul_with(&a, &b, ExpMode::Exact).unwrap();
+    assert_eq!(f32_bits(&old), f32_bits(&new));
+    let w = randn(3, &[33, 70], 0.05, DType::F32);
+    let x = randn(4, &[2, 70], 1.0, DType::F32);
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        let old = LogWeight::from_tensor(&w, format)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let new = LogWeight::from_tensor(&w, LogConfig::new(format, ExpMode::Exact))
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        assert_eq!(f32_bits(&old), f32_bits(&new));
+    }
+}
+
+#[test]
+fn a_weight_switches_among_modes_that_share_its_logs_and_refuses_the_others() {
+    let w = randn(1, &[16, 40], 0.05, DType::F32);
+    let x = randn(2, &[3, 40], 1.0, DType::F32);
+    let exact = LogWeight::from_tensor(&w, WeightFormat::F16).unwrap();
+    for mode in [ExpMode::Fast, ExpMode::Mitchell] {
+        let switched = exact.with_exp(mode).unwrap();
+        let fresh = LogWeight::from_tensor(&w, LogConfig::new(WeightFormat::F16, mode)).unwrap();
+        assert_eq!(
+            f32_bits(&switched.forward(&x).unwrap()),
+            f32_bits(&fresh.forward(&x).unwrap()),
+            "{mode}"
+        );
+    }
+    let err = exact.with_exp(ExpMode::Lmul).unwrap_err().to_string();
+    assert!(
+        err.contains("lmul") && err.contains("LogConfig::new"),
+        "{err}"
+    );
+    let lmul =
+        LogWeight::from_tensor(&w, LogConfig::new(WeightFormat::F32, ExpMode::Lmul)).unwrap();
+    let err = lmul.with_exp(ExpMode::Exact).unwrap_err().to_string();
+    assert!(err.contains("lmul") && err.contains("exact"), "{err}");
+}
+
+#[test]
+fn f64_inputs_take_only_the_exact_mode() {
+    let a = randn(1, &[2, 5], 1.0, DType::F64);
+    let b = randn(2, &[5, 3], 1.0, DType::F64);
+    assert!(log_matmul_with(&a, &b, ExpMode::Exact).is_ok());
+    let w = randn(3, &[4, 5], 0.1, DType::F32);
+    for mode in APPROXIMATE {
+        let err = log_matmul_with(&a, &b, mode).unwrap_err().to_string();
+        assert!(err.contains(mode.name()) && err.contains("f64"), "{err}");
+        let layer = LogWeight::from_tensor(&w, LogConfig::new(WeightFormat::F32, mode)).unwrap();
+        let err = layer.forward(&a).unwrap_err().to_string();
+        assert!(err.contains(mode.name()) && err.contains("cast"), "{err}");
+    }
+}
+
+#[test]
+fn mode_names_round_trip_and_unknown_ones_are_refused() {
+    for mode in ExpMode::ALL {
+        assert_eq!(mode.name().parse::<ExpMode>().unwrap(), mode);
+        assert_eq!(
+            mode.to_string().to_uppercase().parse::<ExpMode>().unwrap(),
+            mode
+        );
+    }
+    let err = "table".parse::<ExpMode>().unwrap_err().to_string();
+    assert!(
+        err.contains("\"table\"") && err.contains("\"mitchell\""),
+        "{err}"
+    );
+    assert_eq!(ExpMode::default(), ExpMode::Exact);
+    assert_eq!(
+        LogConfig::from(WeightFormat::F16),
+        LogConfig::new(WeightFormat::F16, ExpMode::Exact)
+    );
+}
