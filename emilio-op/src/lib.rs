@@ -86,6 +86,7 @@ mod exp_mode;
 mod cuda;
 mod linear;
 mod linear_op;
+pub mod lns;
 mod matmul;
 // The Metal path: kernels/emilio.metal through Candle's Metal device (`cfg(emilio_metal)`: the
 // `metal` feature on an Apple target, see build.rs).

@@ -10,6 +10,7 @@ use crate::cpu::input::Input;
 use crate::cpu::magnitude::Magnitudes;
 use crate::cpu::split::{ln_split, MatrixView};
 use crate::cpu::weight_columns::WeightColumns;
+use crate::lns::groups_per_row;
 use crate::packing::sign_words_per_row;
 use crate::ExpMode;
 
@@ -40,23 +41,35 @@ impl CustomOp3 for LogLinearOp {
         ls: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, k) = lm.shape().dims2()?;
-        let magnitudes = match (mags, lm.contiguous_offsets()) {
-            (CpuStorage::F32(m), Some((lo, hi))) => Magnitudes::F32(&m[lo..hi]),
-            (CpuStorage::F16(m), Some((lo, hi))) => Magnitudes::F16(&m[lo..hi]),
-            _ => bail!(
-                "log-weight magnitudes must be contiguous f32 or f16, got {:?}",
-                mags.dtype()
-            ),
-        };
-        let signs = match (signs, ls.contiguous_offsets()) {
-            (CpuStorage::U32(s), Some((lo, hi))) if hi - lo == n * sign_words_per_row(k) => {
-                &s[lo..hi]
+        let (magnitudes, signs) = match (mags, lm.contiguous_offsets()) {
+            (CpuStorage::F32(m), Some((lo, hi))) => {
+                (Magnitudes::F32(&m[lo..hi]), packed_signs(signs, ls, n, k)?)
             }
+            (CpuStorage::F16(m), Some((lo, hi))) => {
+                (Magnitudes::F16(&m[lo..hi]), packed_signs(signs, ls, n, k)?)
+            }
+            // lns8: codes with their signs, and the group offsets in the third operand.
+            (CpuStorage::U8(c), Some((lo, hi))) => match (signs, ls.contiguous_offsets()) {
+                (CpuStorage::F16(o), Some((olo, ohi))) if ohi - olo == n * groups_per_row(k) => {
+                    let codes = &c[lo..hi];
+                    (
+                        Magnitudes::Lns8 {
+                            codes,
+                            offsets: &o[olo..ohi],
+                        },
+                        &[][..],
+                    )
+                }
+                _ => bail!(
+                    "lns8 group offsets must be contiguous f16 of shape ({n}, {}), got {:?} {:?}",
+                    groups_per_row(k),
+                    signs.dtype(),
+                    ls.dims()
+                ),
+            },
             _ => bail!(
-                "log-weight signs must be contiguous u32 of shape ({n}, {}), got {:?} {:?}",
-                sign_words_per_row(k),
-                signs.dtype(),
-                ls.dims()
+                "log-weight magnitudes must be contiguous f32, f16 or u8 (lns8 codes), got {:?}",
+                mags.dtype()
             ),
         };
         let cols = WeightColumns {
@@ -130,6 +143,21 @@ impl CustomOp3 for LogLinearOp {
             let _ = (x, lx, mags, lm, signs, ls);
             Err(unsupported("the log-domain linear layer", Backend::Metal))
         }
+    }
+}
+
+/// The packed sign words of an `f32`/`f16` log weight, checked against its `(n, k)` shape.
+fn packed_signs<'a>(signs: &'a CpuStorage, ls: &Layout, n: usize, k: usize) -> Result<&'a [u32]> {
+    match (signs, ls.contiguous_offsets()) {
+        (CpuStorage::U32(s), Some((lo, hi))) if hi - lo == n * sign_words_per_row(k) => {
+            Ok(&s[lo..hi])
+        }
+        _ => bail!(
+            "log-weight signs must be contiguous u32 of shape ({n}, {}), got {:?} {:?}",
+            sign_words_per_row(k),
+            signs.dtype(),
+            ls.dims()
+        ),
     }
 }
 

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::backend::device_name;
 use crate::check::{check_float, check_mode};
 use crate::linear_op::LogLinearOp;
+use crate::lns;
 use crate::packing::{pack_sign_row, sign_words_per_row};
 use crate::ExpMode;
 
@@ -23,20 +24,39 @@ pub enum WeightFormat {
     /// weights, in exchange for half the bytes a decode step must read.
     #[default]
     F16,
+    /// `lns8`: per weight a sign bit and a 7-bit log code against an `f16` offset per group of
+    /// 32 weights along `in` (8.5 bits per weight): relative error ≤ 2.19% per weight down to
+    /// 1/235 of its group's largest, the rest to the nearest of zero and that smallest code
+    /// ([`crate::lns`] states it exactly). A quarter of `f32`'s bytes.
+    Lns8,
 }
 
 impl WeightFormat {
-    /// The dtype of [`LogWeight::magnitudes`] in this format.
+    /// Every format, from the widest to the narrowest.
+    pub const ALL: [WeightFormat; 3] = [Self::F32, Self::F16, Self::Lns8];
+
+    /// The dtype of [`LogWeight::magnitudes`] in this format (`u8` codes for `lns8`).
     pub fn dtype(self) -> DType {
         match self {
             Self::F32 => DType::F32,
             Self::F16 => DType::F16,
+            Self::Lns8 => DType::U8,
         }
     }
 
-    /// Bytes of magnitude per weight (the sign bit comes on top).
+    /// Bytes of magnitude per weight (for `f32`/`f16` the sign bit comes on top; an `lns8`
+    /// code holds its sign).
     pub fn magnitude_bytes(self) -> usize {
         self.dtype().size_in_bytes()
+    }
+
+    /// Bits per weight in all: magnitude, sign and group overhead (33, 17, 8.5).
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            Self::F32 => 33.0,
+            Self::F16 => 17.0,
+            Self::Lns8 => 8.0 + 16.0 / lns::LNS8_GROUP as f64,
+        }
     }
 }
 
@@ -45,6 +65,7 @@ impl fmt::Display for WeightFormat {
         f.write_str(match self {
             Self::F32 => "f32",
             Self::F16 => "f16",
+            Self::Lns8 => "lns8",
         })
     }
 }
@@ -56,7 +77,8 @@ impl FromStr for WeightFormat {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
-            _ => bail!("unknown log-weight format {s:?}: expected \"f32\" or \"f16\""),
+            "lns8" => Ok(Self::Lns8),
+            _ => bail!("unknown log-weight format {s:?}: expected \"f32\", \"f16\" or \"lns8\""),
         }
     }
 }
@@ -120,20 +142,21 @@ fn weight_log(mode: ExpMode, w: f64) -> f64 {
 /// converted 4 Mi weights at a time instead of all at once).
 const CONVERT_BLOCK_ELEMS: usize = 1 << 22;
 
-/// Fills `mags` with `round(log(w))` (the log of [`weight_log`]) and `signs` with the packed
-/// sign bits of the `(out, in)` weight `w`, a block of rows at a time, rows spread over threads.
-fn convert_rows<M: Copy + Send>(
-    mode: ExpMode,
+/// Converts the `(out, in)` weight `w` a block of rows at a time, rows spread over threads:
+/// `fill(row, mags, side)` writes one row's stored magnitudes (`in` of them) and its side data
+/// (`side_per_row` of them: packed sign words, or lns8 group offsets), or returns the column of
+/// a weight the format cannot store.
+fn convert_rows<M: Copy + Send, S: Copy + Send>(
     w: &Tensor,
     mags: &mut [M],
-    signs: &mut [u32],
-    round: impl Fn(f64) -> M + Sync,
+    side: &mut [S],
+    side_per_row: usize,
+    fill: impl Fn(&[f64], &mut [M], &mut [S]) -> std::result::Result<(), usize> + Sync,
 ) -> Result<()> {
     let (out_dim, in_dim) = w.dims2()?;
     if out_dim == 0 || in_dim == 0 {
         return Ok(());
     }
-    let words = sign_words_per_row(in_dim);
     let block_rows = (CONVERT_BLOCK_ELEMS / in_dim).max(1);
     for r0 in (0..out_dim).step_by(block_rows) {
         let rows = block_rows.min(out_dim - r0);
@@ -149,19 +172,38 @@ fn convert_rows<M: Copy + Send>(
             v.into_iter().map(f64::from).collect()
         };
         let mags = &mut mags[r0 * in_dim..(r0 + rows) * in_dim];
-        let signs = &mut signs[r0 * words..(r0 + rows) * words];
-        values
+        let side = &mut side[r0 * side_per_row..(r0 + rows) * side_per_row];
+        let bad = values
             .par_chunks(in_dim)
             .zip(mags.par_chunks_mut(in_dim))
-            .zip(signs.par_chunks_mut(words))
-            .for_each(|((row, mags), packed)| {
-                pack_sign_row(row.iter().map(|v| v.is_sign_negative()), packed);
-                for (m, v) in mags.iter_mut().zip(row) {
-                    *m = round(weight_log(mode, *v));
-                }
+            .zip(side.par_chunks_mut(side_per_row.max(1)))
+            .enumerate()
+            .try_for_each(|(r, ((row, mags), side))| {
+                fill(row, mags, side).map_err(|c| (r0 + r, c, row[c]))
             });
+        if let Err((r, c, v)) = bad {
+            bail!(
+                "weight ({r}, {c}) is {v}, which the lns8 format cannot store (it has codes for \
+                 finite values only); convert with the f16 or f32 format, or fix the checkpoint"
+            );
+        }
     }
     Ok(())
+}
+
+/// One row of an `f32`/`f16` log weight: `round(log(w))` (the log of [`weight_log`]) and the
+/// packed sign bits.
+fn log_row<M>(
+    mode: ExpMode,
+    round: impl Fn(f64) -> M,
+) -> impl Fn(&[f64], &mut [M], &mut [u32]) -> std::result::Result<(), usize> {
+    move |row, mags, packed| {
+        pack_sign_row(row.iter().map(|v| v.is_sign_negative()), packed);
+        for (m, v) in mags.iter_mut().zip(row) {
+            *m = round(weight_log(mode, *v));
+        }
+        Ok(())
+    }
 }
 
 /// A `(out, in)` weight matrix held in the log domain: magnitudes `ln|w|` and one sign bit per
@@ -214,22 +256,45 @@ impl LogWeight {
                 w.dtype()
             );
         }
-        let words = sign_words_per_row(in_dim);
-        let mut signs = vec![0u32; out_dim * words];
+        if format == WeightFormat::Lns8 && exp.reads_logs_from_bits() {
+            bail!(
+                "the pair ({format}, {exp}) is not supported: {exp} reads both operands' logs \
+                 from their float bits, and lns8 codes are not float bits; use {exp} with f16 or \
+                 f32 weights, or lns8 with the exact, fast or mitchell exp"
+            );
+        }
         let device = w.device();
-        let magnitudes = match format {
-            WeightFormat::F32 => {
-                let mut mags = vec![0f32; out_dim * in_dim];
-                convert_rows(exp, w, &mut mags, &mut signs, |l| l as f32)?;
-                Tensor::from_vec(mags, (out_dim, in_dim), device)?
+        let (magnitudes, signs) = match format {
+            WeightFormat::F32 | WeightFormat::F16 => {
+                let words = sign_words_per_row(in_dim);
+                let mut signs = vec![0u32; out_dim * words];
+                let magnitudes = if format == WeightFormat::F32 {
+                    let mut mags = vec![0f32; out_dim * in_dim];
+                    let fill = log_row(exp, |l| l as f32);
+                    convert_rows(w, &mut mags, &mut signs, words, fill)?;
+                    Tensor::from_vec(mags, (out_dim, in_dim), device)?
+                } else {
+                    let mut mags = vec![f16::ZERO; out_dim * in_dim];
+                    let fill = log_row(exp, f16::from_f64);
+                    convert_rows(w, &mut mags, &mut signs, words, fill)?;
+                    Tensor::from_vec(mags, (out_dim, in_dim), device)?
+                };
+                (
+                    magnitudes,
+                    Tensor::from_vec(signs, (out_dim, words), device)?,
+                )
             }
-            WeightFormat::F16 => {
-                let mut mags = vec![f16::ZERO; out_dim * in_dim];
-                convert_rows(exp, w, &mut mags, &mut signs, f16::from_f64)?;
-                Tensor::from_vec(mags, (out_dim, in_dim), device)?
+            WeightFormat::Lns8 => {
+                let groups = lns::groups_per_row(in_dim);
+                let mut codes = vec![0u8; out_dim * in_dim];
+                let mut offsets = vec![f16::ZERO; out_dim * groups];
+                convert_rows(w, &mut codes, &mut offsets, groups, lns::encode_row)?;
+                (
+                    Tensor::from_vec(codes, (out_dim, in_dim), device)?,
+                    Tensor::from_vec(offsets, (out_dim, groups), device)?,
+                )
             }
         };
-        let signs = Tensor::from_vec(signs, (out_dim, words), device)?;
         Ok(Self {
             magnitudes,
             signs,
@@ -246,14 +311,22 @@ impl LogWeight {
         let format = match magnitudes.dtype() {
             DType::F32 => WeightFormat::F32,
             DType::F16 => WeightFormat::F16,
-            dtype => bail!("log-weight magnitudes must be f32 or f16, got {dtype:?}"),
+            DType::U8 => WeightFormat::Lns8,
+            dtype => bail!("log-weight magnitudes must be f32, f16 or u8 (lns8), got {dtype:?}"),
         };
         let (out_dim, in_dim) = magnitudes.dims2()?;
-        let want = (out_dim, sign_words_per_row(in_dim));
-        if signs.dtype() != DType::U32 || signs.dims2()? != want {
+        let (side, want) = match format {
+            WeightFormat::Lns8 => (
+                (DType::F16, "lns8 group offsets"),
+                lns::groups_per_row(in_dim),
+            ),
+            _ => ((DType::U32, "log-weight signs"), sign_words_per_row(in_dim)),
+        };
+        let ((dtype, what), want) = (side, (out_dim, want));
+        if signs.dtype() != dtype || signs.dims2()? != want {
             bail!(
-                "log-weight signs must be a u32 tensor of shape {want:?} for magnitudes of \
-                 shape {:?}, got {:?} {:?}",
+                "{what} must be a {dtype:?} tensor of shape {want:?} for magnitudes of shape \
+                 {:?}, got {:?} {:?}",
                 (out_dim, in_dim),
                 signs.dtype(),
                 signs.dims()
@@ -279,7 +352,8 @@ impl LogWeight {
     pub fn with_exp(&self, exp: ExpMode) -> Result<Self> {
         if exp.reads_logs_from_bits() != self.exp.reads_logs_from_bits() {
             bail!(
-                "a log-domain weight converted for the {} exp mode cannot switch to {exp}: the two                  store different logs; convert the plain weight again with LogConfig::new({}, {exp})",
+                "a log-domain weight converted for the {} exp mode cannot switch to {exp}: the two \
+                 store different logs; convert the plain weight again with LogConfig::new({}, {exp})",
                 self.exp,
                 self.format
             );
@@ -316,9 +390,69 @@ impl LogWeight {
         &self.magnitudes
     }
 
-    /// Packed sign bits, shape `(out, ceil(in/32))`, `U32` (see [`crate::packing`]).
-    pub fn signs(&self) -> &Tensor {
-        &self.signs
+    /// Packed sign bits, shape `(out, ceil(in/32))`, `U32` (see [`crate::packing`]); `None` for
+    /// `lns8`, whose codes hold their signs.
+    pub fn signs(&self) -> Option<&Tensor> {
+        (self.format != WeightFormat::Lns8).then_some(&self.signs)
+    }
+
+    /// The `lns8` group offsets, shape `(out, ceil(in/32))`, `F16` ([`crate::lns`]); `None` for
+    /// the other formats.
+    pub fn group_offsets(&self) -> Option<&Tensor> {
+        (self.format == WeightFormat::Lns8).then_some(&self.signs)
+    }
+
+    /// The weight as stored, as plain `f32` values `(out, in)` on the CPU: what the op
+    /// multiplies by, so that a reference can tell the format's error from the op's.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let (out_dim, in_dim) = self.dims();
+        let values: Vec<f32> = match self.format {
+            WeightFormat::Lns8 => {
+                let codes = self.magnitudes.to_device(&Device::Cpu)?.flatten_all()?;
+                let codes = codes.to_vec1::<u8>()?;
+                let offsets = self.signs.to_device(&Device::Cpu)?.flatten_all()?;
+                let offsets = offsets.to_vec1::<f16>()?;
+                let groups = lns::groups_per_row(in_dim);
+                codes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| {
+                        let (r, col) = (i / in_dim.max(1), i % in_dim.max(1));
+                        lns::decode_value(c, offsets[r * groups + col / lns::LNS8_GROUP]) as f32
+                    })
+                    .collect()
+            }
+            WeightFormat::F32 | WeightFormat::F16 => {
+                let logs = self.magnitudes.to_device(&Device::Cpu)?;
+                let logs = logs.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                let signs = self.signs.to_device(&Device::Cpu)?.flatten_all()?;
+                let signs = signs.to_vec1::<u32>()?;
+                let words = sign_words_per_row(in_dim);
+                let value = |l: f64| {
+                    if !self.exp.reads_logs_from_bits() || !l.is_finite() {
+                        l.exp()
+                    } else {
+                        // Mitchell's log inverted: 2^⌊t⌋·(1 + t − ⌊t⌋).
+                        let t = l / std::f64::consts::LN_2;
+                        2f64.powf(t.floor()) * (1.0 + t - t.floor())
+                    }
+                };
+                logs.iter()
+                    .enumerate()
+                    .map(|(i, &l)| {
+                        let (r, col) = (i / in_dim.max(1), i % in_dim.max(1));
+                        let negative = crate::packing::sign_bit(&signs[r * words..], col) == 1;
+                        let v = value(l) as f32;
+                        if negative {
+                            -v
+                        } else {
+                            v
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Tensor::from_vec(values, (out_dim, in_dim), &Device::Cpu)
     }
 
     /// The device both parts live on.
@@ -342,7 +476,8 @@ impl LogWeight {
 
     /// Bytes the weight occupies (and a decode step reads): magnitudes plus sign words.
     pub fn size_in_bytes(&self) -> usize {
-        self.magnitudes.elem_count() * self.format.magnitude_bytes() + self.signs.elem_count() * 4
+        self.magnitudes.elem_count() * self.format.magnitude_bytes()
+            + self.signs.elem_count() * self.signs.dtype().size_in_bytes()
     }
 
     /// `x · wᵀ` in the log domain, for `x` of shape `(..., in)` and any float dtype; the result
@@ -351,6 +486,13 @@ impl LogWeight {
         const OP: &str = "a log-domain linear layer";
         check_float(OP, x)?;
         check_mode(OP, self.exp, x)?;
+        if self.format == WeightFormat::Lns8 && !x.device().is_cpu() {
+            bail!(
+                "{OP}: the lns8 weight format has CPU kernels only so far, and the input is on \
+                 {}; use --weight-format f16 or f32 on a GPU, or run on the CPU",
+                device_name(x.device())
+            );
+        }
         let (out_dim, in_dim) = self.dims();
         match x.dims().last() {
             Some(&k) if k == in_dim => {}

@@ -158,6 +158,16 @@ impl Budget {
         b
     }
 
+    /// Budget for `LogLinear` with `lns8` weights, against the weight as stored (the format's
+    /// own error is tested apart, in `emilio_op::lns`): the kernel decodes a code's log as
+    /// `q·STEP + offset` in `f32`, two roundings, `≤ 3u·|lb| + 5.5u` (`|offset| ≤ |lb| + 5.5`).
+    pub fn linear_lns8(x_dtype: DType) -> Self {
+        let mut b = Self::linear_f32(x_dtype);
+        b.b_log_rel = 4.0 * U_F32;
+        b.b_log_abs = 8.0 * U_F32;
+        b
+    }
+
     /// Budget for `LogLinear` with `f16` weight magnitudes (the weight side's log rounded to
     /// `f16`: `|lb|·2^-11 + 2^-25`).
     pub fn linear_f16(x_dtype: DType) -> Self {

@@ -476,6 +476,8 @@ fn linear_budget(format: WeightFormat) -> Budget {
     match format {
         WeightFormat::F32 => Budget::linear_f32(DType::F32),
         WeightFormat::F16 => Budget::linear_f16(DType::F32),
+        // lns8 stores finite weights only: its edges are in op_modes.rs.
+        WeightFormat::Lns8 => unreachable!("no lns8 case here"),
     }
 }
 

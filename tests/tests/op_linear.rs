@@ -276,7 +276,7 @@ fn sign_bits_are_packed_32_to_a_word() {
             assert_eq!(lw.dims(), (out_dim, in_dim));
             assert_eq!(lw.format(), format);
             let words = in_dim.div_ceil(32);
-            let s = lw.signs();
+            let s = lw.signs().expect("sign bits");
             assert_eq!(s.dtype(), DType::U32, "signs dtype");
             assert_eq!(s.dims(), &[out_dim, words], "signs dims for in = {in_dim}");
             let s = s.to_vec2::<u32>().unwrap();
@@ -404,8 +404,8 @@ fn to_device_on_the_same_device_keeps_the_layer() {
         assert_eq!(moved.weight().dims(), layer.weight().dims());
         assert_eq!(moved.weight().format(), format);
         assert_eq!(
-            moved.weight().signs().to_vec2::<u32>().unwrap(),
-            layer.weight().signs().to_vec2::<u32>().unwrap()
+            moved.weight().signs().unwrap().to_vec2::<u32>().unwrap(),
+            layer.weight().signs().unwrap().to_vec2::<u32>().unwrap()
         );
         let (a, c) = (layer.forward(&x).unwrap(), moved.forward(&x).unwrap());
         assert_eq!(to_f64_vec(&a), to_f64_vec(&c), "{format}");

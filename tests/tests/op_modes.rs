@@ -317,3 +317,113 @@ fn mode_names_round_trip_and_unknown_ones_are_refused() {
         LogConfig::new(WeightFormat::F16, ExpMode::Exact)
     );
 }
+
+/// `lns8` layers in every mode it pairs with, against the reference over the weight as stored
+/// (`dequantize`): decode (≤ 4 rows, the kernel that reads codes directly) and prefill shapes
+/// (codes widened into tiles), odd `in` (a partial last group), f32/f16/bf16 and f64
+/// activations. The format's own error per weight is `emilio_op::lns`'s unit test.
+#[test]
+fn lns8_layers_are_within_the_ops_bound_against_the_stored_weight() {
+    let shapes = [
+        (1, 896, 256),
+        (2, 33, 7),
+        (4, 130, 65),
+        (17, 64, 40),
+        (5, 4864, 96),
+    ];
+    for (s, &(rows, in_dim, out_dim)) in shapes.iter().enumerate() {
+        let mut w = randn(50 + s as u64, &[out_dim, in_dim], 0.03, DType::F32);
+        if s == 1 {
+            // Zeros of both signs and a weight far below its group's largest.
+            let mut v = to_f64_vec(&w);
+            v[0] = 0.0;
+            v[1] = -0.0;
+            v[2] = 1e-9;
+            w = emilio_tests::tensor_from_f64(v, &[out_dim, in_dim], DType::F32);
+        }
+        for mode in [ExpMode::Exact, ExpMode::Fast, ExpMode::Mitchell] {
+            let config = LogConfig::new(WeightFormat::Lns8, mode);
+            let weight = LogWeight::from_tensor(&w, config).unwrap();
+            let stored = weight.dequantize().unwrap();
+            let dtypes: &[DType] = if mode == ExpMode::Exact {
+                &[DType::F32, DType::F16, DType::BF16, DType::F64]
+            } else {
+                &DTYPES
+            };
+            for &dtype in dtypes {
+                let x = randn(60 + s as u64, &[rows, in_dim], 1.0, dtype);
+                let got = weight.forward(&x).unwrap();
+                let what = format!("{config} x{:?} {dtype:?}", x.dims());
+                reference_linear(&x, &stored, None, config).check(&what, &got);
+            }
+        }
+    }
+}
+
+#[test]
+fn lns8_stores_about_a_quarter_of_f32_and_refuses_what_it_cannot_hold() {
+    let w = randn(1, &[64, 96], 0.05, DType::F32);
+    let lns8 = LogWeight::from_tensor(&w, WeightFormat::Lns8).unwrap();
+    let f16 = LogWeight::from_tensor(&w, WeightFormat::F16).unwrap();
+    // 1 byte per weight and 2 per group of 32: 8.5 bits.
+    assert_eq!(lns8.size_in_bytes(), 64 * 96 + 64 * 3 * 2);
+    assert_eq!(WeightFormat::Lns8.bits_per_weight(), 8.5);
+    assert!(lns8.size_in_bytes() * 2 <= f16.size_in_bytes());
+    assert!(lns8.signs().is_none() && lns8.group_offsets().is_some());
+    assert!(f16.signs().is_some() && f16.group_offsets().is_none());
+    // The stored weight is within the format's 2.19% of every weight of this spread.
+    let stored = to_f64_vec(&lns8.dequantize().unwrap());
+    for (s, o) in stored.iter().zip(to_f64_vec(&w)) {
+        assert!(
+            (s - o).abs() <= 0.0220 * o.abs() + 0.05 * 4.0 / 235.0,
+            "{o} → {s}"
+        );
+    }
+
+    let mut v = to_f64_vec(&w);
+    v[3 * 96 + 5] = f64::NAN;
+    let bad = emilio_tests::tensor_from_f64(v, &[64, 96], DType::F32);
+    let err = LogWeight::from_tensor(&bad, WeightFormat::Lns8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("(3, 5)") && err.contains("NaN") && err.contains("f16"),
+        "{err}"
+    );
+    let err = LogWeight::from_tensor(&w, LogConfig::new(WeightFormat::Lns8, ExpMode::Lmul))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("(lns8, lmul)"), "{err}");
+    assert_eq!("LNS8".parse::<WeightFormat>().unwrap(), WeightFormat::Lns8);
+}
+
+/// A zero code is an exact zero product with its sign, and NaN against an infinite input.
+#[test]
+fn lns8_zero_codes_are_ieee_zeros() {
+    let w = Tensor::new(&[[0.0f32, 1.0], [-0.0, 0.0], [2.0, -3.0]], &Device::Cpu).unwrap();
+    let weight = LogWeight::from_tensor(&w, WeightFormat::Lns8).unwrap();
+    let x = Tensor::new(
+        &[[f32::INFINITY, 0.0], [1.0, -0.0], [-2.0, 0.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y = weight.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+    assert!(
+        y[0][0].is_nan() && y[0][1].is_nan(),
+        "inf·0 is NaN: {:?}",
+        y[0]
+    );
+    assert_eq!(
+        y[1][0].to_bits(),
+        0.0f32.to_bits(),
+        "1·0 + (−0)·1: {:?}",
+        y[1]
+    );
+    assert_eq!(
+        y[1][1].to_bits(),
+        (-0.0f32).to_bits(),
+        "−0 + −0·−0 … : {:?}",
+        y[1]
+    );
+    assert!((y[2][2] - -4.0).abs() < 0.1);
+}

@@ -313,11 +313,80 @@ pub(super) fn log_dot_packed<M: Magnitude16, E: Exp16>(
     reduce(acc0, acc1)
 }
 
+/// 16 `lns8` codes as `(ln|w|, sign mask)`: `q·STEP + offset` (fused), `-inf` for the zero
+/// code, and the code's bit 7 moved to bit 31 and XOR-ed with the activation's sign mask.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lns8_terms(codes: __m128i, offset: __m512, x_sign: __m512i) -> (__m512, __m512i) {
+    let d = _mm512_cvtepu8_epi32(codes);
+    let q = _mm512_and_si512(d, _mm512_set1_epi32(0x7f));
+    let zero = _mm512_testn_epi32_mask(d, _mm512_set1_epi32(0x7f));
+    let lw = _mm512_fmadd_ps(
+        _mm512_cvtepi32_ps(q),
+        _mm512_set1_ps(crate::lns::STEP),
+        offset,
+    );
+    let lw = _mm512_mask_mov_ps(lw, zero, _mm512_set1_ps(f32::NEG_INFINITY));
+    // (d << 24) & 0x8000_0000 ^ x_sign in one ternary-logic op: (A & C) ^ B = 0x6c.
+    let sign = _mm512_ternarylogic_epi32::<0x6c>(
+        _mm512_slli_epi32::<24>(d),
+        x_sign,
+        _mm512_set1_epi32(i32::MIN),
+    );
+    (lw, sign)
+}
+
+/// [`super::portable::log_dot_lns8_lanes`] with intrinsics, bit for bit: activation logs and
+/// masks against one `lns8` weight row.
+#[target_feature(enable = "avx512f")]
+pub(super) fn log_dot_lns8<E: Exp16>(la: &[f32], sa: &[u32], codes: &[u8], offsets: &[f16]) -> f32 {
+    let k = la.len();
+    assert!(sa.len() == k && codes.len() == k && offsets.len() == k.div_ceil(32));
+    let full = k / 32;
+    let mut acc0 = _mm512_set1_ps(-0.0);
+    let mut acc1 = _mm512_set1_ps(-0.0);
+    for (g, offset) in offsets[..full].iter().enumerate() {
+        let j = 32 * g;
+        let (la, sa, codes) = (&la[j..j + 32], &sa[j..j + 32], &codes[j..j + 32]);
+        let offset = _mm512_set1_ps(offset.to_f32());
+        // SAFETY: `codes` holds 32 bytes; each load reads 16 of them.
+        let (c0, c1) = unsafe {
+            (
+                _mm_loadu_si128(codes.as_ptr() as *const __m128i),
+                _mm_loadu_si128(codes.as_ptr().add(16) as *const __m128i),
+            )
+        };
+        let (w0, s0) = lns8_terms(c0, offset, load16_epi32(sa));
+        let (w1, s1) = lns8_terms(c1, offset, load16_epi32(&sa[16..]));
+        acc0 = accumulate::<E>(acc0, _mm512_add_ps(load16_ps(la), w0), s0);
+        acc1 = accumulate::<E>(acc1, _mm512_add_ps(load16_ps(&la[16..]), w1), s1);
+    }
+    if full < offsets.len() {
+        let offset = _mm512_set1_ps(offsets[full].to_f32());
+        let mut tail = [0u8; 32];
+        let rest = &codes[32 * full..];
+        tail[..rest.len()].copy_from_slice(rest);
+        for (h, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
+            let j = 32 * full + 16 * h;
+            if j >= k {
+                break;
+            }
+            let (a, mask) = load_ps(la, j);
+            // SAFETY: `tail` holds 32 bytes; this reads 16 of them.
+            let c = unsafe { _mm_loadu_si128(tail.as_ptr().add(16 * h) as *const __m128i) };
+            let (w, sign) = lns8_terms(c, offset, load_epi32(sa, j));
+            let sum = accumulate::<E>(*acc, _mm512_add_ps(a, w), sign);
+            *acc = _mm512_mask_mov_ps(*acc, mask, sum);
+        }
+    }
+    reduce(acc0, acc1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::exp_kernel::with_exp_kernel;
-    use crate::cpu::portable::{log_dot_lanes, log_dot_packed_lanes};
+    use crate::cpu::portable::{log_dot_lanes, log_dot_lns8_lanes, log_dot_packed_lanes};
     use crate::packing::pack_sign_row;
     use crate::ExpMode;
     use rand::{Rng, SeedableRng};
@@ -440,6 +509,18 @@ mod tests {
                     same(got, want),
                     "{mode} packed f32 k={k}: {got:e} vs {want:e}"
                 );
+
+                let row: Vec<f64> = wb
+                    .iter()
+                    .map(|&w| if w.is_finite() { w as f64 } else { 1.0 })
+                    .collect();
+                let mut codes = vec![0u8; k];
+                let mut offsets = vec![f16::ZERO; k.div_ceil(32)];
+                crate::lns::encode_row(&row, &mut codes, &mut offsets).unwrap();
+                // SAFETY: AVX-512F checked above.
+                let got = unsafe { log_dot_lns8::<E>(&la, &sa, &codes, &offsets) };
+                let want = log_dot_lns8_lanes::<E, true>(&la, &sa, &codes, &offsets);
+                assert!(same(got, want), "{mode} lns8 k={k}: {got:e} vs {want:e}");
             }
         }
     }

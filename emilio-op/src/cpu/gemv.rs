@@ -9,7 +9,7 @@
 use super::exp_kernel::ExpKernel;
 use super::isa::Isa;
 use super::magnitude::Magnitude;
-use super::portable::log_dot_packed_lanes;
+use super::portable::{log_dot_lns8_lanes, log_dot_packed_lanes};
 use crate::packing::SIGN_BITS_PER_WORD;
 
 #[cfg(target_arch = "x86_64")]
@@ -46,9 +46,40 @@ pub(crate) fn log_dot_packed<M: Magnitude + MagnitudeSimd, E: ExpKernel + ExpSim
     }
 }
 
+/// The `lns8` decode kernel for this CPU (see [`Isa`]), with the `exp` of `E`.
+pub(crate) fn log_dot_lns8<E: ExpKernel + ExpSimd>(
+    la: &[f32],
+    sa: &[u32],
+    codes: &[u8],
+    offsets: &[half::f16],
+) -> f32 {
+    debug_assert!(sa.len() == la.len() && codes.len() == la.len());
+    debug_assert!(offsets.len() == la.len().div_ceil(crate::lns::LNS8_GROUP));
+    match Isa::get() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA.
+        Isa::Avx512 => unsafe { super::avx512::log_dot_lns8::<E>(la, sa, codes, offsets) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only detected on CPUs with AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::lns8_avx2::<E>(la, sa, codes, offsets) },
+        Isa::Neon => log_dot_lns8_lanes::<E, true>(la, sa, codes, offsets),
+        _ => log_dot_lns8_lanes::<E, false>(la, sa, codes, offsets),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{log_dot_packed_lanes, ExpKernel, Magnitude};
+    use super::{log_dot_lns8_lanes, log_dot_packed_lanes, ExpKernel, Magnitude};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn lns8_avx2<E: ExpKernel>(
+        la: &[f32],
+        sa: &[u32],
+        codes: &[u8],
+        offsets: &[half::f16],
+    ) -> f32 {
+        log_dot_lns8_lanes::<E, true>(la, sa, codes, offsets)
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn packed_avx2<M: Magnitude, E: ExpKernel>(

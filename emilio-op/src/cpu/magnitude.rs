@@ -5,18 +5,31 @@
 
 use half::f16;
 
-/// Stored magnitudes, borrowed from the weight's CPU storage (a whole weight, or one row).
+/// Stored magnitudes, borrowed from the weight's CPU storage (a whole weight, or some rows).
 #[derive(Clone, Copy)]
 pub(crate) enum Magnitudes<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+    /// `lns8` codes (sign in bit 7) and one offset per group of each row ([`crate::lns`]).
+    Lns8 {
+        codes: &'a [u8],
+        offsets: &'a [f16],
+    },
 }
 
 impl<'a> Magnitudes<'a> {
-    pub(crate) fn range(self, r: std::ops::Range<usize>) -> Magnitudes<'a> {
+    /// Rows `j0..j1` of a weight with rows of `k`.
+    pub(crate) fn rows(self, j0: usize, j1: usize, k: usize) -> Magnitudes<'a> {
         match self {
-            Self::F32(m) => Self::F32(&m[r]),
-            Self::F16(m) => Self::F16(&m[r]),
+            Self::F32(m) => Self::F32(&m[j0 * k..j1 * k]),
+            Self::F16(m) => Self::F16(&m[j0 * k..j1 * k]),
+            Self::Lns8 { codes, offsets } => {
+                let g = crate::lns::groups_per_row(k);
+                Self::Lns8 {
+                    codes: &codes[j0 * k..j1 * k],
+                    offsets: &offsets[j0 * g..j1 * g],
+                }
+            }
         }
     }
 }

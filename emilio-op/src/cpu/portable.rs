@@ -3,13 +3,19 @@
 //! compiler turns the lanes into SIMD registers; they are also the reference the intrinsics
 //! kernels ([`super::avx512`]) are held to, bit for bit.
 
+use half::f16;
+
+use super::exp::madd;
 use super::exp_kernel::ExpKernel;
 use super::float::LogFloat;
 use super::magnitude::{Magnitude, Magnitudes};
 use super::reduce::pairwise_sum;
+use crate::lns::{decode_log, LNS8_GROUP, STEP};
 use crate::packing::{sign_bit, SIGN_BITS_PER_WORD};
 
 const W: usize = SIGN_BITS_PER_WORD;
+// The lns8 kernel gives lane `l` element `l` of each group: one offset per 32 lanes.
+const _: () = assert!(LNS8_GROUP == W);
 
 /// The portable body: `LANES` independent accumulators break the add dependency chain so
 /// consecutive `exp`s overlap, and give the vectoriser a fixed-width loop.
@@ -72,6 +78,48 @@ pub(crate) fn log_dot_packed_lanes<M: Magnitude, E: ExpKernel, const FMA: bool>(
     pairwise_sum(&mut acc)
 }
 
+/// `Σ_k s(x)·s(w)·exp(ln|x| + ln|w|)` for one activation row and one `lns8` weight row (codes
+/// with their sign bit, one offset per group of 32), with 32 accumulators: lane `l` takes
+/// element `l` of each group. The code's log is `q·STEP + offset` (fused where the CPU has
+/// FMA), `-inf` for the zero code, so a zero weight is an exact zero product (NaN against an
+/// infinite activation, as IEEE has it).
+#[inline(always)]
+pub(crate) fn log_dot_lns8_lanes<E: ExpKernel, const FMA: bool>(
+    la: &[f32],
+    sa: &[u32],
+    codes: &[u8],
+    offsets: &[f16],
+) -> f32 {
+    let k = la.len();
+    let mut acc = [-0.0f32; W];
+    let full = k / W;
+    let term = |l: f32, s: u32, c: u8, offset: f32| {
+        let q = c & 0x7f;
+        let lw = if q == 0 {
+            f32::NEG_INFINITY
+        } else {
+            madd::<FMA>(q as f32, STEP, offset)
+        };
+        let e = E::exp::<FMA>(l + lw);
+        f32::from_bits(e.to_bits() ^ s ^ (u32::from(c & 0x80) << 24))
+    };
+    for (g, offset) in offsets[..full].iter().enumerate() {
+        let r = g * W..(g + 1) * W;
+        let (la, sa, codes) = (&la[r.clone()], &sa[r.clone()], &codes[r]);
+        let offset = offset.widen();
+        for l in 0..W {
+            acc[l] += term(la[l], sa[l], codes[l], offset);
+        }
+    }
+    if full * W < k {
+        let offset = offsets[full].widen();
+        for (l, i) in (full * W..k).enumerate() {
+            acc[l] += term(la[i], sa[i], codes[i], offset);
+        }
+    }
+    pairwise_sum(&mut acc)
+}
+
 /// The decode kernel for accumulators without a SIMD build (`f64`): widen as it goes.
 pub(crate) fn log_dot_weight_row_scalar<T: LogFloat, E: ExpKernel>(
     la: &[T],
@@ -79,14 +127,23 @@ pub(crate) fn log_dot_weight_row_scalar<T: LogFloat, E: ExpKernel>(
     mags: Magnitudes<'_>,
     signs: &[u32],
 ) -> T {
+    // (log, sign bit) of weight i.
     let widen = |i: usize| match mags {
-        Magnitudes::F32(m) => T::from_f32(m[i]),
-        Magnitudes::F16(m) => T::from_f32(m[i].to_f32()),
+        Magnitudes::F32(m) => (T::from_f32(m[i]), sign_bit(signs, i)),
+        Magnitudes::F16(m) => (T::from_f32(m[i].to_f32()), sign_bit(signs, i)),
+        Magnitudes::Lns8 { codes, offsets } => {
+            let offset = offsets[i / LNS8_GROUP].to_f32();
+            (
+                T::from_f32(decode_log(codes[i], offset)),
+                u32::from(codes[i] >> 7),
+            )
+        }
     };
     let mut acc = [T::NEG_ZERO; 4];
     for i in 0..la.len() {
-        let mask = T::mask_from_bit(sign_bit(signs, i));
-        acc[i % 4] = acc[i % 4] + T::signed_exp::<E, false>(la[i] + widen(i), sa[i] ^ mask);
+        let (lw, bit) = widen(i);
+        let mask = T::mask_from_bit(bit);
+        acc[i % 4] = acc[i % 4] + T::signed_exp::<E, false>(la[i] + lw, sa[i] ^ mask);
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }

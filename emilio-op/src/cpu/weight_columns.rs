@@ -3,6 +3,7 @@
 use super::dot::LogDot;
 use super::gemm::Columns;
 use super::magnitude::Magnitudes;
+use crate::lns::{decode_log, groups_per_row, LNS8_GROUP};
 use crate::packing::{sign_bit, sign_words_per_row};
 use crate::ExpMode;
 
@@ -43,10 +44,31 @@ impl<T: LogDot> Columns<T> for WeightColumns<'_> {
         let len = (j1 - j0) * k;
         scratch.logs.resize(len, T::NEG_ZERO);
         scratch.masks.resize(len, T::Mask::default());
-        let range = j0 * k..j1 * k;
-        match self.magnitudes {
-            Magnitudes::F32(m) => T::convert_f32(&m[range], &mut scratch.logs),
-            Magnitudes::F16(m) => T::convert_f16(&m[range], &mut scratch.logs),
+        match self.magnitudes.rows(j0, j1, k) {
+            Magnitudes::F32(m) => T::convert_f32(m, &mut scratch.logs),
+            Magnitudes::F16(m) => T::convert_f16(m, &mut scratch.logs),
+            Magnitudes::Lns8 { codes, offsets } => {
+                // The sign is in each code: logs and masks both come from it.
+                let g = groups_per_row(k);
+                let rows = scratch.logs.chunks_exact_mut(k.max(1));
+                let mask_rows = scratch.masks.chunks_exact_mut(k.max(1));
+                for (j, (logs, masks)) in rows.zip(mask_rows).enumerate() {
+                    let codes = &codes[j * k..(j + 1) * k];
+                    let offsets = &offsets[j * g..(j + 1) * g];
+                    let groups = codes.chunks(LNS8_GROUP).zip(offsets).zip(
+                        logs.chunks_mut(LNS8_GROUP)
+                            .zip(masks.chunks_mut(LNS8_GROUP)),
+                    );
+                    for ((codes, offset), (logs, masks)) in groups {
+                        let offset = offset.to_f32();
+                        for ((&c, l), m) in codes.iter().zip(logs).zip(masks) {
+                            *l = T::from_f32(decode_log(c, offset));
+                            *m = T::mask_from_bit(u32::from(c >> 7));
+                        }
+                    }
+                }
+                return (&scratch.logs, &scratch.masks);
+            }
         }
         let words = sign_words_per_row(k);
         for (j, masks) in scratch.masks.chunks_exact_mut(k.max(1)).enumerate() {
@@ -64,8 +86,8 @@ impl<T: LogDot> Columns<T> for WeightColumns<'_> {
             mode,
             la,
             sa,
-            self.magnitudes.range(j * k..(j + 1) * k),
-            &self.signs[j * words..(j + 1) * words],
+            self.magnitudes.rows(j, j + 1, k),
+            self.signs.get(j * words..(j + 1) * words).unwrap_or(&[]),
         )
     }
 }

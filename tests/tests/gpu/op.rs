@@ -399,7 +399,11 @@ pub fn layers_moved_to_the_device_match_layers_built_there(dev: &Device, label: 
                 moved.weight().magnitudes(),
                 built.weight().magnitudes(),
             ),
-            ("signs", moved.weight().signs(), built.weight().signs()),
+            (
+                "signs",
+                moved.weight().signs().unwrap(),
+                built.weight().signs().unwrap(),
+            ),
         ] {
             let (m, t) = (to_f64_vec(&g.cpu(m)), to_f64_vec(&g.cpu(t)));
             assert_eq!(m, t, "{label} {format}: the {part} differ");

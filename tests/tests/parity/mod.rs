@@ -13,6 +13,8 @@ const TOL_FACTOR: f64 = 4.0;
 const EPS_F32: f64 = 24.0 / 16_777_216.0;
 /// ε of the f16 weight format: `6·2⁻¹¹`.
 const EPS_F16: f64 = 6.0 / 2048.0;
+/// ε of the lns8 weight format: its relative error per weight, `2^(1/32) − 1`.
+const EPS_LNS8: f64 = 0.0219;
 
 /// The tolerance on `max |ours − stock| / max |stock|` for a weight format.
 pub fn tolerance(format: WeightFormat) -> f64 {
@@ -20,6 +22,7 @@ pub fn tolerance(format: WeightFormat) -> f64 {
         * match format {
             WeightFormat::F32 => EPS_F32,
             WeightFormat::F16 => EPS_F16,
+            WeightFormat::Lns8 => EPS_LNS8,
         }
 }
 

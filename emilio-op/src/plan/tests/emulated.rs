@@ -325,7 +325,12 @@ fn gemv_vector_and_scalar_loops_match_the_cpu(gpu: Backend) {
         for rows in [1, 4] {
             let x = randn(71 + rows as u64, &[rows, in_dim], DType::F32);
             let what = format!("{gpu:?} {format} x({rows}, {in_dim}), magnitudes at offset 1");
-            let got = emulated_linear_parts(em, &x, &shifted, w.signs());
+            let got = emulated_linear_parts(
+                em,
+                &x,
+                &shifted,
+                w.signs().expect("an f32/f16 weight has sign bits"),
+            );
             assert_eq!(got.vector_loads, 0, "{what}: 16-byte loads");
             check_linear(&what, &got.y, &x, &w);
         }
@@ -336,7 +341,13 @@ fn gemv_vector_and_scalar_loops_match_the_cpu(gpu: Backend) {
 fn w_plain(w: &LogWeight) -> Tensor {
     let (o, i) = w.dims();
     let mags = values(w.magnitudes());
-    let signs = w.signs().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let signs = w
+        .signs()
+        .expect("an f32/f16 weight has sign bits")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
     let words = crate::packing::sign_words_per_row(i);
     let v: Vec<f64> = (0..o * i)
         .map(|e| {

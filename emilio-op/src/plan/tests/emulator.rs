@@ -145,7 +145,12 @@ pub(super) fn emulated_linear_parts(
 
 /// `w.forward(x)` as the emulator's GPU path computes it.
 pub(super) fn emulated_linear(em: &Emulator, x: &Tensor, w: &crate::LogWeight) -> Linear {
-    emulated_linear_parts(em, x, w.magnitudes(), w.signs())
+    emulated_linear_parts(
+        em,
+        x,
+        w.magnitudes(),
+        w.signs().expect("an f32/f16 weight has sign bits"),
+    )
 }
 
 /// Values of a float tensor as f64, row-major.
