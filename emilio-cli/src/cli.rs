@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use emilio_op::{ExpMode, WeightFormat};
+use emilio_op::{ExpMode, LogConfig, WeightFormat};
 use emilio_qwen::synthetic::gguf::GgufQuant;
 use emilio_qwen::synthetic::Preset;
 
@@ -42,6 +42,14 @@ pub enum Command {
     Eval(EvalArgs),
     /// Benchmark the op or the model against stock Candle, in the same run.
     Bench(BenchArgs),
+    /// The precision dial: every supported (--weight-format, --exp) pair scored by `eval`
+    /// against one stock reference and timed by `bench model`, as one table and a plot of KL
+    /// against decode speed with the Pareto front.
+    ///
+    /// Stock's reference is made once (or read with --reference); each pair then loads,
+    /// scores the text and is timed against stock in the same run, so the speed ratios are
+    /// each measured against their own stock run. The plot is SVG (--plot).
+    Sweep(SweepArgs),
     /// Write an offline checkpoint with seeded random weights (no network needed).
     Synth(SynthArgs),
 }
@@ -106,7 +114,7 @@ impl DtypeArg {
 }
 
 /// Where the model comes from and what runs it.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A Hugging Face model ID (downloaded to the standard cache; HF_HOME and HF_TOKEN are
     /// honoured), a local checkpoint directory (config.json, model.safetensors or a sharded
@@ -254,7 +262,7 @@ pub struct AbArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -311,7 +319,7 @@ pub struct BenchOpArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchModelArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -329,6 +337,52 @@ pub struct BenchModelArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub backends: Vec<Backend>,
     /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The model to score and time, as for every command (--weight-format and --exp are set
+    /// by the sweep, pair by pair).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to score (UTF-8).
+    #[arg(long, short)]
+    pub file: PathBuf,
+    /// Tokens per chunk (as `eval --ctx`).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many chunks (default: every whole chunk of the text).
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Stock's saved reference (`eval --save-reference`); without it stock runs once first.
+    #[arg(long, value_name = "FILE", conflicts_with = "save_reference")]
+    pub reference: Option<PathBuf>,
+    /// Where to save the reference stock makes (default: a temporary file, removed after).
+    #[arg(long, value_name = "FILE")]
+    pub save_reference: Option<PathBuf>,
+    /// Time the pairs on another model (e.g. a synthetic qwen2.5-0.5b checkpoint), default
+    /// the scored one.
+    #[arg(long, value_name = "MODEL")]
+    pub bench_model: Option<String>,
+    /// `bench model --prompt-tokens` for each pair.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one())]
+    pub prompt_tokens: usize,
+    /// `bench model --decode-tokens` for each pair.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one())]
+    pub decode_tokens: usize,
+    /// `bench model --reps` for each pair.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one())]
+    pub reps: usize,
+    /// Only these pairs, comma-separated FORMAT/EXP (e.g. f16/exact,lns8/mitchell); default
+    /// every supported pair.
+    #[arg(long, value_delimiter = ',', value_parser = parse_pair)]
+    pub pairs: Vec<LogConfig>,
+    /// Where to write the plot (SVG).
+    #[arg(long, default_value = "emilio-sweep.svg")]
+    pub plot: PathBuf,
+    /// Print one JSON object (every pair's figures) instead of the table.
     #[arg(long)]
     pub json: bool,
 }
@@ -373,6 +427,15 @@ pub enum SynthFormat {
     Dir,
     /// One GGUF file.
     Gguf,
+}
+
+fn parse_pair(s: &str) -> Result<LogConfig, String> {
+    let Some((format, exp)) = s.split_once('/') else {
+        return Err(format!(
+            "{s:?} is not a pair: write FORMAT/EXP, e.g. f16/exact or lns8/mitchell"
+        ));
+    };
+    Ok(LogConfig::new(parse_format(format)?, parse_exp(exp)?))
 }
 
 fn parse_exp(s: &str) -> Result<ExpMode, String> {

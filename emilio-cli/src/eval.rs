@@ -62,6 +62,17 @@ pub struct EvalReport {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    let report = evaluate(args)?;
+    if args.json {
+        crate::output::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        crate::output::emit(&table(&report))?;
+    }
+    Ok(())
+}
+
+/// Everything `emilio eval` measures, as its report (what `emilio sweep` runs per pair).
+pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
     let start = Instant::now();
     let device = device::open(args.model.device)?;
     let files = source::open(&args.model)?;
@@ -168,12 +179,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             total_secs: start.elapsed().as_secs_f64(),
         },
     };
-    if args.json {
-        crate::output::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
-    } else {
-        crate::output::emit(&table(&report))?;
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn read_text(path: &Path) -> Result<String> {

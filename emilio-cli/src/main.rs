@@ -17,6 +17,7 @@ mod prompt;
 mod runner;
 mod source;
 mod stream;
+mod sweep;
 mod synth;
 
 use std::process::ExitCode;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         cli::Command::Eval(args) => eval::run(&args),
         cli::Command::Bench(args) => bench::run(&args),
         cli::Command::Synth(args) => synth::run(&args),
+        cli::Command::Sweep(args) => sweep::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

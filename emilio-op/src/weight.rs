@@ -100,6 +100,34 @@ impl LogConfig {
     pub fn new(format: WeightFormat, exp: ExpMode) -> Self {
         Self { format, exp }
     }
+
+    /// Whether the op has kernels for this pair: every one but `lns8` with `lmul`, whose logs
+    /// come from float bits that an lns8 code does not have.
+    pub fn is_supported(self) -> bool {
+        !(self.format == WeightFormat::Lns8 && self.exp.reads_logs_from_bits())
+    }
+
+    /// Every supported pair, formats from the widest, modes from the most exact.
+    pub fn supported() -> Vec<LogConfig> {
+        WeightFormat::ALL
+            .into_iter()
+            .flat_map(|f| ExpMode::ALL.map(|e| LogConfig::new(f, e)))
+            .filter(|c| c.is_supported())
+            .collect()
+    }
+
+    /// `Ok` for a supported pair, else an error naming it and what to use instead.
+    pub fn check(self) -> Result<()> {
+        if !self.is_supported() {
+            let (format, exp) = (self.format, self.exp);
+            bail!(
+                "the pair ({format}, {exp}) is not supported: {exp} reads both operands' logs \
+                 from their float bits, and lns8 codes are not float bits; use {exp} with f16 or \
+                 f32 weights, or lns8 with the exact, fast or mitchell exp"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl From<WeightFormat> for LogConfig {
@@ -256,13 +284,7 @@ impl LogWeight {
                 w.dtype()
             );
         }
-        if format == WeightFormat::Lns8 && exp.reads_logs_from_bits() {
-            bail!(
-                "the pair ({format}, {exp}) is not supported: {exp} reads both operands' logs \
-                 from their float bits, and lns8 codes are not float bits; use {exp} with f16 or \
-                 f32 weights, or lns8 with the exact, fast or mitchell exp"
-            );
-        }
+        LogConfig::new(format, exp).check()?;
         let device = w.device();
         let (magnitudes, signs) = match format {
             WeightFormat::F32 | WeightFormat::F16 => {

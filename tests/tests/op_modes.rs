@@ -427,3 +427,18 @@ fn lns8_zero_codes_are_ieee_zeros() {
     );
     assert!((y[2][2] - -4.0).abs() < 0.1);
 }
+
+#[test]
+fn every_pair_but_lns8_with_lmul_is_supported() {
+    let pairs = LogConfig::supported();
+    assert_eq!(pairs.len(), 3 * 4 - 1);
+    for format in WeightFormat::ALL {
+        for exp in ExpMode::ALL {
+            let config = LogConfig::new(format, exp);
+            let supported = !(format == WeightFormat::Lns8 && exp == ExpMode::Lmul);
+            assert_eq!(config.is_supported(), supported, "{config}");
+            assert_eq!(pairs.contains(&config), supported, "{config}");
+            assert_eq!(config.check().is_ok(), supported, "{config}");
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! - [`model`]: prefill and decode tokens/s of both backends through the generation engine.
 
 mod ceilings;
-mod model;
+pub(crate) mod model;
 mod op;
 
 use std::time::Instant;

@@ -41,7 +41,7 @@ struct Ratio {
 }
 
 #[derive(Debug, Serialize)]
-struct ModelReport {
+pub struct ModelReport {
     model: String,
     /// `qwen2` or `llama`.
     architecture: String,
@@ -60,13 +60,13 @@ struct ModelReport {
     /// Bytes of the largest tensor in f32 (GGUF files): what loading may hold beyond the model.
     largest_tensor_f32_bytes: Option<usize>,
     /// Bytes the emilio model holds once loaded (log weights, embedding, norms, rotary tables).
-    emilio_model_bytes: Option<usize>,
+    pub emilio_model_bytes: Option<usize>,
     backends: Vec<ModelSide>,
     /// emilio against every other backend timed.
     ratios: Vec<Ratio>,
     /// emilio / stock (also in `ratios`), when both were timed.
-    prefill_ratio: Option<f64>,
-    decode_ratio: Option<f64>,
+    pub prefill_ratio: Option<f64>,
+    pub decode_ratio: Option<f64>,
 }
 
 /// (prefill seconds, decode seconds) of one run: the prompt, then `decode` greedy steps (no
@@ -103,6 +103,16 @@ fn backends(args: &BenchModelArgs, files: &ModelFiles) -> Result<Vec<Backend>> {
 }
 
 pub fn run(args: &BenchModelArgs) -> Result<()> {
+    let report = measure(args)?;
+    if args.json {
+        crate::output::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+        return Ok(());
+    }
+    crate::output::emit(&table(&report))
+}
+
+/// Everything `emilio bench model` measures, as its report (what `emilio sweep` runs per pair).
+pub fn measure(args: &BenchModelArgs) -> Result<ModelReport> {
     let dev = device::open(args.model.device)?;
     let files = source::open(&args.model)?;
     let cfg = files.checkpoint.config.clone();
@@ -209,11 +219,7 @@ pub fn run(args: &BenchModelArgs) -> Result<()> {
         backends: sides,
         ratios,
     };
-    if args.json {
-        crate::output::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
-        return Ok(());
-    }
-    crate::output::emit(&table(&report))
+    Ok(report)
 }
 
 fn table(report: &ModelReport) -> String {
