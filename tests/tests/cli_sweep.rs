@@ -34,12 +34,17 @@ fn sweep_scores_and_times_each_pair_and_plots_them() {
     let t = text();
     let plot = sb.join("sweep.svg");
     let p = plot.to_str().unwrap();
+    let reference = sb.join("stock.ref");
+    let r = reference.to_str().unwrap();
     let pairs = "f32/exact,f16/mitchell,lns8/fast";
     let mut args = vec![
         "sweep", "--model", m, "--file", &t, "--pairs", pairs, "--plot", p,
     ];
     args.extend_from_slice(&QUICK);
-    let json = sb.run([&args[..], &["--json"]].concat()).ok().json();
+    // Stock runs once, for the reference the sweep saves; the checks below reuse it.
+    let saving = [&args[..], &["--json", "--save-reference", r]].concat();
+    let json = sb.run(saving).ok().json();
+    assert_eq!(json["reference"], r);
     let rows = json["pairs"].as_array().unwrap();
     let labels: Vec<String> = rows
         .iter()
@@ -72,6 +77,8 @@ fn sweep_scores_and_times_each_pair_and_plots_them() {
                 "--exp",
                 exp,
                 "--json",
+                "--reference",
+                r,
             ])
             .ok()
             .json();
@@ -117,7 +124,7 @@ fn sweep_scores_and_times_each_pair_and_plots_them() {
     assert!(svg.contains("Pareto front"));
 
     // The table: a row per pair.
-    let table = sb.run(&args).ok();
+    let table = sb.run([&args[..], &["--reference", r]].concat()).ok();
     for label in &labels {
         assert!(table.stdout.contains(label.as_str()), "{}", table.stdout);
     }
