@@ -24,6 +24,10 @@ pub(crate) struct LogLinearOp {
     /// The weight's exp mode (the CPU kernels; GPUs take only the exact mode, which
     /// [`LogWeight::forward`](crate::LogWeight::forward) checks before the op runs).
     pub exp: ExpMode,
+    /// `in`, which `lns4`'s packed bytes do not show.
+    pub in_dim: usize,
+    /// `lns4`'s step: `u8` magnitudes are `lns4` bytes with it, `lns8` codes without.
+    pub lns4_step: Option<f32>,
 }
 
 impl CustomOp3 for LogLinearOp {
@@ -40,7 +44,7 @@ impl CustomOp3 for LogLinearOp {
         signs: &CpuStorage,
         ls: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, k) = lm.shape().dims2()?;
+        let (n, k) = (lm.shape().dims2()?.0, self.in_dim);
         let (magnitudes, signs) = match (mags, lm.contiguous_offsets()) {
             (CpuStorage::F32(m), Some((lo, hi))) => {
                 (Magnitudes::F32(&m[lo..hi]), packed_signs(signs, ls, n, k)?)
@@ -48,17 +52,19 @@ impl CustomOp3 for LogLinearOp {
             (CpuStorage::F16(m), Some((lo, hi))) => {
                 (Magnitudes::F16(&m[lo..hi]), packed_signs(signs, ls, n, k)?)
             }
-            // lns8: codes with their signs, and the group offsets in the third operand.
+            // lns8 / lns4: codes with their signs, and the group offsets in the third operand.
             (CpuStorage::U8(c), Some((lo, hi))) => match (signs, ls.contiguous_offsets()) {
                 (CpuStorage::F16(o), Some((olo, ohi))) if ohi - olo == n * groups_per_row(k) => {
-                    let codes = &c[lo..hi];
-                    (
-                        Magnitudes::Lns8 {
-                            codes,
-                            offsets: &o[olo..ohi],
+                    let (codes, offsets) = (&c[lo..hi], &o[olo..ohi]);
+                    let m = match self.lns4_step {
+                        Some(step) => Magnitudes::Lns4 {
+                            bytes: codes,
+                            offsets,
+                            step,
                         },
-                        &[][..],
-                    )
+                        None => Magnitudes::Lns8 { codes, offsets },
+                    };
+                    (m, &[][..])
                 }
                 _ => bail!(
                     "lns8 group offsets must be contiguous f16 of shape ({n}, {}), got {:?} {:?}",

@@ -1,4 +1,6 @@
-//! The `lns8` weight format: a sign bit and a 7-bit fixed-point log magnitude per weight,
+//! The log-number-system weight formats, `lns8` and `lns4` (below).
+//!
+//! **`lns8`**: a sign bit and a 7-bit fixed-point log magnitude per weight,
 //! relative to one `f16` offset per group of [`LNS8_GROUP`] weights along `K` (8.5 bits per
 //! weight in all), so a decode step reads about half the bytes of the `f16` log format.
 //!
@@ -16,6 +18,13 @@
 //! The fractional bits were chosen by measurement on SmolLM2-135M (`docs/performance.md`):
 //! 4 bits keep the mean KL of the model's predictions below 1e-3, where 3 bits (4.4% per
 //! weight, twice the range) do not.
+
+//!
+//! **`lns4`**: a sign bit and a 3-bit log code per weight, packed two to a byte, against an
+//! `f16` offset per group of [`LNS4_GROUP`] (4.5 bits per weight). Seven magnitudes are too few
+//! for a fixed step, so the step is chosen per tensor ([`lns4_step`]: the least mean squared log
+//! error over the tensor). Error per weight, with `s` the tensor's step: relative at most
+//! `e^(s/2) − 1` down to `v₁ ≈ M·e^(−6s)`, the rest to the nearer of zero and `v₁`.
 
 use half::f16;
 
@@ -74,41 +83,26 @@ pub(crate) fn encode_row(row: &[f64], codes: &mut [u8], offsets: &mut [f16]) -> 
         .zip(codes.chunks_mut(LNS8_GROUP))
         .zip(offsets.iter_mut())
     {
-        let max_log = group
-            .iter()
-            .filter(|w| **w != 0.0)
-            .map(|w| w.abs().ln())
-            .fold(f64::NEG_INFINITY, f64::max);
-        *offset = group_offset(max_log, step);
+        let max_log = group_max_log(group);
+        *offset = group_offset_for(max_log, step, MAX_Q);
         let off = offset.to_f64();
         for (c, &w) in codes.iter_mut().zip(group) {
             let sign = if w.is_sign_negative() { 0x80 } else { 0 };
-            let q = if w == 0.0 {
-                0.0
-            } else {
-                let q = ((w.abs().ln() - off) / step).round().min(MAX_Q);
-                if q >= 1.0 {
-                    q
-                } else if w.abs() >= 0.5 * (off + step).exp() {
-                    1.0 // nearer the smallest code than zero
-                } else {
-                    0.0
-                }
-            };
-            *c = sign | q as u8;
+            *c = sign | quantize(w, off, step, MAX_Q);
         }
     }
     Ok(())
 }
 
-/// The offset that puts `max_log` at the top code: `max_log − 127·step` rounded to `f16`, moved
-/// up by f16 ulps while the rounding left `max_log` more than half a step above the top code.
-fn group_offset(max_log: f64, step: f64) -> f16 {
+/// The offset that puts `max_log` at the top code `max_q`: `max_log − max_q·step` rounded to
+/// `f16`, moved up by f16 ulps while the rounding left `max_log` more than half a step above
+/// the top code.
+fn group_offset_for(max_log: f64, step: f64, max_q: f64) -> f16 {
     if !max_log.is_finite() {
         return f16::ZERO; // an all-zero group
     }
-    let mut offset = f16::from_f64(max_log - MAX_Q * step);
-    while (max_log - offset.to_f64()) / step > MAX_Q + 0.5 {
+    let mut offset = f16::from_f64(max_log - max_q * step);
+    while (max_log - offset.to_f64()) / step > max_q + 0.5 {
         offset = next_up(offset);
     }
     offset
@@ -125,6 +119,147 @@ fn next_up(x: f16) -> f16 {
         }
     } else {
         f16::from_bits(bits - 1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// lns4
+// ---------------------------------------------------------------------------------------------
+
+/// `lns4`'s group: weights per offset along `K`, and the 16 bytes that hold their codes (byte
+/// `i` holds weight `i` in its low nibble and weight `16 + i` in its high one, so that a SIMD
+/// lane `l` reads weight `l` of the group without a shuffle).
+pub const LNS4_GROUP: usize = 32;
+const LNS4_GROUP_BYTES: usize = LNS4_GROUP / 2;
+/// The largest `lns4` magnitude code (3 bits; 0 is zero).
+const MAX_Q4: f64 = 7.0;
+
+/// Code bytes per row of `k` weights (whole groups: a partial last one is padded with zeros).
+pub(crate) fn lns4_bytes_per_row(k: usize) -> usize {
+    groups_per_row(k) * LNS4_GROUP_BYTES
+}
+
+/// The code of weight `i` of a row of `lns4` bytes: sign in bit 3, magnitude in bits 0–2.
+#[inline(always)]
+pub(crate) fn lns4_code(bytes: &[u8], i: usize) -> u8 {
+    let (g, l) = (i / LNS4_GROUP, i % LNS4_GROUP);
+    let byte = bytes[g * LNS4_GROUP_BYTES + l % LNS4_GROUP_BYTES];
+    if l < LNS4_GROUP_BYTES {
+        byte & 0x0f
+    } else {
+        byte >> 4
+    }
+}
+
+/// `ln|w|` of an `lns4` code, as the tile conversion computes it (unfused): `-inf` for zero.
+#[inline(always)]
+pub(crate) fn decode_log4(code: u8, offset: f32, step: f32) -> f32 {
+    let q = code & 7;
+    if q == 0 {
+        f32::NEG_INFINITY
+    } else {
+        q as f32 * step + offset
+    }
+}
+
+/// The weight an `lns4` code stands for, in `f64`.
+pub(crate) fn decode_value4(code: u8, offset: f16, step: f32) -> f64 {
+    let q = code & 7;
+    let magnitude = if q == 0 {
+        0.0
+    } else {
+        (f64::from(q) * f64::from(step) + offset.to_f64()).exp()
+    };
+    if code & 8 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// The tensor's step for `lns4`, in natural-log units: of the candidates 0.05, 0.075, …, 1.2,
+/// the one whose codes have the least mean squared log error over `values` (all of a tensor,
+/// or a sample of its rows, as `row`-long runs). A weight that becomes zero counts as if it
+/// were the smallest code: the log of zero has no finite error.
+pub(crate) fn lns4_step(values: &[f64], row: usize) -> f32 {
+    let candidates = (2..=48).map(|i| i as f64 * 0.025);
+    let mut best = (f64::INFINITY, 0.25);
+    for step in candidates {
+        let step = step as f32;
+        let mut err = 0.0;
+        for group in values.chunks(row.max(1)).flat_map(|r| r.chunks(LNS4_GROUP)) {
+            let max_log = group_max_log(group);
+            if !max_log.is_finite() {
+                continue;
+            }
+            let off = group_offset_for(max_log, f64::from(step), MAX_Q4).to_f64();
+            for &w in group.iter().filter(|w| **w != 0.0) {
+                let q = ((w.abs().ln() - off) / f64::from(step))
+                    .round()
+                    .clamp(1.0, MAX_Q4);
+                let e = q * f64::from(step) + off - w.abs().ln();
+                err += e * e;
+            }
+        }
+        if err < best.0 {
+            best = (err, step);
+        }
+    }
+    best.1
+}
+
+/// Encodes one row into `lns4` bytes (`lns4_bytes_per_row`) and one offset per group.
+/// Returns the index of the first non-finite weight.
+pub(crate) fn encode_row4(
+    row: &[f64],
+    bytes: &mut [u8],
+    offsets: &mut [f16],
+    step: f32,
+) -> Result<(), usize> {
+    if let Some(i) = row.iter().position(|w| !w.is_finite()) {
+        return Err(i);
+    }
+    let step = f64::from(step);
+    bytes.fill(0);
+    for (g, (group, offset)) in row.chunks(LNS4_GROUP).zip(offsets.iter_mut()).enumerate() {
+        *offset = group_offset_for(group_max_log(group), step, MAX_Q4);
+        let off = offset.to_f64();
+        for (l, &w) in group.iter().enumerate() {
+            let q = quantize(w, off, step, MAX_Q4);
+            let code = q | if w.is_sign_negative() { 8 } else { 0 };
+            let byte = &mut bytes[g * LNS4_GROUP_BYTES + l % LNS4_GROUP_BYTES];
+            *byte |= if l < LNS4_GROUP_BYTES {
+                code
+            } else {
+                code << 4
+            };
+        }
+    }
+    Ok(())
+}
+
+/// `max ln|w|` over a group's non-zero weights (`-inf` for an all-zero group).
+fn group_max_log(group: &[f64]) -> f64 {
+    group
+        .iter()
+        .filter(|w| **w != 0.0)
+        .map(|w| w.abs().ln())
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// The magnitude code of `w` against offset `off`: the nearest of `1..=max_q`, or zero when
+/// `w` is nearer zero than the smallest code.
+fn quantize(w: f64, off: f64, step: f64, max_q: f64) -> u8 {
+    if w == 0.0 {
+        return 0;
+    }
+    let q = ((w.abs().ln() - off) / step).round().min(max_q);
+    if q >= 1.0 {
+        q as u8
+    } else if w.abs() >= 0.5 * (off + step).exp() {
+        1
+    } else {
+        0
     }
 }
 
@@ -204,6 +339,101 @@ mod tests {
         let mut codes = [1u8; 3];
         encode_row(&[0.0, -0.0, 0.0], &mut codes, &mut offsets).unwrap();
         assert_eq!(codes, [0, 0x80, 0]);
+    }
+
+    #[test]
+    fn lns4_encoding_is_within_the_stated_error_for_its_step() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for k in [1usize, 7, 31, 32, 33, 96, 200] {
+            let rows: Vec<f64> = (0..8 * k)
+                .map(|_| {
+                    let v: f64 = rng.random_range(-1.0..1.0);
+                    if rng.random_bool(0.03) {
+                        0.0
+                    } else {
+                        v * 0.05
+                    }
+                })
+                .collect();
+            let step = lns4_step(&rows, k);
+            assert!((0.05..=1.2).contains(&step), "{step}");
+            let rel_bound = (f64::from(step) / 2.0).exp() - 1.0;
+            for row in rows.chunks(k) {
+                let mut bytes = vec![0xffu8; lns4_bytes_per_row(k)];
+                let mut offsets = vec![f16::ZERO; groups_per_row(k)];
+                encode_row4(row, &mut bytes, &mut offsets, step).unwrap();
+                for (i, &w) in row.iter().enumerate() {
+                    let (g, c) = (i / LNS4_GROUP, lns4_code(&bytes, i));
+                    let got = decode_value4(c, offsets[g], step);
+                    assert_eq!(got.is_sign_negative(), w.is_sign_negative(), "{w} → {got}");
+                    let v1 = decode_value4(1, offsets[g], step);
+                    let err = (got - w).abs();
+                    let ok = if w.abs() >= v1 * (-f64::from(step) / 2.0).exp() {
+                        err <= w.abs() * (rel_bound + 1e-6)
+                    } else {
+                        err <= v1 * (0.5 + 1e-6)
+                    };
+                    assert!(ok, "k {k} step {step}: {w:e} → {got:e}");
+                }
+                // Padding nibbles past the row are zero codes.
+                for i in k..groups_per_row(k) * LNS4_GROUP {
+                    assert_eq!(lns4_code(&bytes, i), 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lns4_nibbles_are_laid_out_for_the_lanes() {
+        // Weight i of a group in byte i's low nibble, weight 16 + i in its high one.
+        let row: Vec<f64> = (0..32)
+            .map(|i| {
+                if i == 3 {
+                    -1.0
+                } else if i == 19 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut bytes = vec![0u8; 16];
+        let mut offsets = vec![f16::ZERO; 1];
+        encode_row4(&row, &mut bytes, &mut offsets, 0.5).unwrap();
+        assert_eq!(
+            bytes[3], 0x7f,
+            "weight 3: −, code 7 (0xf); weight 19: +, code 7 (0x7)"
+        );
+        assert!(bytes.iter().enumerate().all(|(i, &b)| i == 3 || b == 0));
+    }
+
+    #[test]
+    fn the_lns4_step_is_the_least_error_candidate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let values: Vec<f64> = (0..4096)
+            .map(|_| rng.random_range(-1.0..1.0f64) * 0.1)
+            .collect();
+        let chosen = lns4_step(&values, 256);
+        let err = |step: f32| {
+            let mut e = 0.0;
+            for row in values.chunks(256) {
+                let mut bytes = vec![0u8; lns4_bytes_per_row(256)];
+                let mut offsets = vec![f16::ZERO; groups_per_row(256)];
+                encode_row4(row, &mut bytes, &mut offsets, step).unwrap();
+                for (i, &w) in row.iter().enumerate() {
+                    let c = lns4_code(&bytes, i);
+                    let v1 = decode_value4(1, offsets[i / LNS4_GROUP], step).abs();
+                    let got = decode_value4(c, offsets[i / LNS4_GROUP], step)
+                        .abs()
+                        .max(v1);
+                    e += (got.ln() - w.abs().ln()).powi(2);
+                }
+            }
+            e
+        };
+        for other in [0.1f32, 0.2, 0.3, 0.5, 0.8, 1.1] {
+            assert!(err(chosen) <= err(other) * 1.0001, "{chosen} vs {other}");
+        }
     }
 
     #[test]

@@ -29,23 +29,34 @@ pub enum WeightFormat {
     /// 1/235 of its group's largest, the rest to the nearest of zero and that smallest code
     /// ([`crate::lns`] states it exactly). A quarter of `f32`'s bytes.
     Lns8,
+    /// `lns4`: per weight a sign bit and a 3-bit log code (two to a byte) against an `f16`
+    /// offset per group of 32, with a step chosen per tensor by the least log-domain error
+    /// (4.5 bits per weight; [`crate::lns`] states the error).
+    Lns4,
 }
 
 impl WeightFormat {
     /// Every format, from the widest to the narrowest.
-    pub const ALL: [WeightFormat; 3] = [Self::F32, Self::F16, Self::Lns8];
+    pub const ALL: [WeightFormat; 4] = [Self::F32, Self::F16, Self::Lns8, Self::Lns4];
+
+    /// Whether the format stores log codes against group offsets (`lns8`, `lns4`) rather than
+    /// float logs with packed sign bits.
+    pub fn is_lns(self) -> bool {
+        matches!(self, Self::Lns8 | Self::Lns4)
+    }
 
     /// The dtype of [`LogWeight::magnitudes`] in this format (`u8` codes for `lns8`).
     pub fn dtype(self) -> DType {
         match self {
             Self::F32 => DType::F32,
             Self::F16 => DType::F16,
-            Self::Lns8 => DType::U8,
+            Self::Lns8 | Self::Lns4 => DType::U8,
         }
     }
 
-    /// Bytes of magnitude per weight (for `f32`/`f16` the sign bit comes on top; an `lns8`
-    /// code holds its sign).
+    /// Bytes of the stored magnitudes' dtype (for `f32`/`f16` the sign bit comes on top; an
+    /// lns code holds its sign, and a byte holds two `lns4` codes: see
+    /// [`WeightFormat::bits_per_weight`]).
     pub fn magnitude_bytes(self) -> usize {
         self.dtype().size_in_bytes()
     }
@@ -56,6 +67,7 @@ impl WeightFormat {
             Self::F32 => 33.0,
             Self::F16 => 17.0,
             Self::Lns8 => 8.0 + 16.0 / lns::LNS8_GROUP as f64,
+            Self::Lns4 => 4.0 + 16.0 / lns::LNS4_GROUP as f64,
         }
     }
 }
@@ -66,6 +78,7 @@ impl fmt::Display for WeightFormat {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Lns8 => "lns8",
+            Self::Lns4 => "lns4",
         })
     }
 }
@@ -78,7 +91,10 @@ impl FromStr for WeightFormat {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
             "lns8" => Ok(Self::Lns8),
-            _ => bail!("unknown log-weight format {s:?}: expected \"f32\", \"f16\" or \"lns8\""),
+            "lns4" => Ok(Self::Lns4),
+            _ => bail!(
+                "unknown log-weight format {s:?}: expected \"f32\", \"f16\", \"lns8\" or \"lns4\""
+            ),
         }
     }
 }
@@ -104,7 +120,7 @@ impl LogConfig {
     /// Whether the op has kernels for this pair: every one but `lns8` with `lmul`, whose logs
     /// come from float bits that an lns8 code does not have.
     pub fn is_supported(self) -> bool {
-        !(self.format == WeightFormat::Lns8 && self.exp.reads_logs_from_bits())
+        !(self.format.is_lns() && self.exp.reads_logs_from_bits())
     }
 
     /// Every supported pair, formats from the widest, modes from the most exact.
@@ -122,8 +138,8 @@ impl LogConfig {
             let (format, exp) = (self.format, self.exp);
             bail!(
                 "the pair ({format}, {exp}) is not supported: {exp} reads both operands' logs \
-                 from their float bits, and lns8 codes are not float bits; use {exp} with f16 or \
-                 f32 weights, or lns8 with the exact, fast or mitchell exp"
+                 from their float bits, and {format} codes are not float bits; use {exp} with f16 \
+                 or f32 weights, or {format} with the exact, fast or mitchell exp"
             );
         }
         Ok(())
@@ -177,6 +193,7 @@ const CONVERT_BLOCK_ELEMS: usize = 1 << 22;
 fn convert_rows<M: Copy + Send, S: Copy + Send>(
     w: &Tensor,
     mags: &mut [M],
+    mags_per_row: usize,
     side: &mut [S],
     side_per_row: usize,
     fill: impl Fn(&[f64], &mut [M], &mut [S]) -> std::result::Result<(), usize> + Sync,
@@ -199,11 +216,11 @@ fn convert_rows<M: Copy + Send, S: Copy + Send>(
                 .to_vec1::<f32>()?;
             v.into_iter().map(f64::from).collect()
         };
-        let mags = &mut mags[r0 * in_dim..(r0 + rows) * in_dim];
+        let mags = &mut mags[r0 * mags_per_row..(r0 + rows) * mags_per_row];
         let side = &mut side[r0 * side_per_row..(r0 + rows) * side_per_row];
         let bad = values
             .par_chunks(in_dim)
-            .zip(mags.par_chunks_mut(in_dim))
+            .zip(mags.par_chunks_mut(mags_per_row.max(1)))
             .zip(side.par_chunks_mut(side_per_row.max(1)))
             .enumerate()
             .try_for_each(|(r, ((row, mags), side))| {
@@ -211,12 +228,27 @@ fn convert_rows<M: Copy + Send, S: Copy + Send>(
             });
         if let Err((r, c, v)) = bad {
             bail!(
-                "weight ({r}, {c}) is {v}, which the lns8 format cannot store (it has codes for \
-                 finite values only); convert with the f16 or f32 format, or fix the checkpoint"
+                "weight ({r}, {c}) is {v}, which the lns formats cannot store (they have codes \
+                 for finite values only); convert with the f16 or f32 format, or fix the checkpoint"
             );
         }
     }
     Ok(())
+}
+
+/// `lns4`'s step for `w` ([`lns::lns4_step`]), from up to 256 of its rows spread over it.
+fn lns4_tensor_step(w: &Tensor) -> Result<f32> {
+    let (out_dim, in_dim) = w.dims2()?;
+    let every = out_dim.div_ceil(256).max(1);
+    let mut sample = Vec::new();
+    for r in (0..out_dim).step_by(every) {
+        let row = w
+            .narrow(0, r, 1)?
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?;
+        sample.extend(row.flatten_all()?.to_vec1::<f64>()?);
+    }
+    Ok(lns::lns4_step(&sample, in_dim))
 }
 
 /// One row of an `f32`/`f16` log weight: `round(log(w))` (the log of [`weight_log`]) and the
@@ -256,10 +288,16 @@ fn log_row<M>(
 /// ```
 #[derive(Debug, Clone)]
 pub struct LogWeight {
+    /// `ln|w|` (`f32`, `f16`), or lns codes (`u8`; two per byte for `lns4`).
     magnitudes: Tensor,
+    /// Packed sign bits (`f32`, `f16`), or the lns group offsets (`f16`).
     signs: Tensor,
     format: WeightFormat,
     exp: ExpMode,
+    /// `in`: the magnitudes' second dimension, except for `lns4`'s packed bytes.
+    in_dim: usize,
+    /// `lns4`'s step in natural-log units (0 for the other formats).
+    step: f32,
 }
 
 impl LogWeight {
@@ -286,6 +324,7 @@ impl LogWeight {
         }
         LogConfig::new(format, exp).check()?;
         let device = w.device();
+        let mut step = 0f32;
         let (magnitudes, signs) = match format {
             WeightFormat::F32 | WeightFormat::F16 => {
                 let words = sign_words_per_row(in_dim);
@@ -293,12 +332,12 @@ impl LogWeight {
                 let magnitudes = if format == WeightFormat::F32 {
                     let mut mags = vec![0f32; out_dim * in_dim];
                     let fill = log_row(exp, |l| l as f32);
-                    convert_rows(w, &mut mags, &mut signs, words, fill)?;
+                    convert_rows(w, &mut mags, in_dim, &mut signs, words, fill)?;
                     Tensor::from_vec(mags, (out_dim, in_dim), device)?
                 } else {
                     let mut mags = vec![f16::ZERO; out_dim * in_dim];
                     let fill = log_row(exp, f16::from_f64);
-                    convert_rows(w, &mut mags, &mut signs, words, fill)?;
+                    convert_rows(w, &mut mags, in_dim, &mut signs, words, fill)?;
                     Tensor::from_vec(mags, (out_dim, in_dim), device)?
                 };
                 (
@@ -310,9 +349,23 @@ impl LogWeight {
                 let groups = lns::groups_per_row(in_dim);
                 let mut codes = vec![0u8; out_dim * in_dim];
                 let mut offsets = vec![f16::ZERO; out_dim * groups];
-                convert_rows(w, &mut codes, &mut offsets, groups, lns::encode_row)?;
+                convert_rows(w, &mut codes, in_dim, &mut offsets, groups, lns::encode_row)?;
                 (
                     Tensor::from_vec(codes, (out_dim, in_dim), device)?,
+                    Tensor::from_vec(offsets, (out_dim, groups), device)?,
+                )
+            }
+            WeightFormat::Lns4 => {
+                step = lns4_tensor_step(w)?;
+                let groups = lns::groups_per_row(in_dim);
+                let bytes_per_row = lns::lns4_bytes_per_row(in_dim);
+                let mut bytes = vec![0u8; out_dim * bytes_per_row];
+                let mut offsets = vec![f16::ZERO; out_dim * groups];
+                let fill =
+                    |row: &[f64], b: &mut [u8], o: &mut [f16]| lns::encode_row4(row, b, o, step);
+                convert_rows(w, &mut bytes, bytes_per_row, &mut offsets, groups, fill)?;
+                (
+                    Tensor::from_vec(bytes, (out_dim, bytes_per_row), device)?,
                     Tensor::from_vec(offsets, (out_dim, groups), device)?,
                 )
             }
@@ -322,6 +375,8 @@ impl LogWeight {
             signs,
             format,
             exp,
+            in_dim,
+            step,
         })
     }
 
@@ -362,6 +417,8 @@ impl LogWeight {
             signs: signs.contiguous()?,
             format,
             exp: ExpMode::Exact,
+            in_dim,
+            step: 0.0,
         })
     }
 
@@ -388,8 +445,13 @@ impl LogWeight {
 
     /// `(out, in)`, the shape of the weight this was converted from.
     pub fn dims(&self) -> (usize, usize) {
-        let d = self.magnitudes.dims();
-        (d[0], d[1])
+        (self.magnitudes.dims()[0], self.in_dim)
+    }
+
+    /// `lns4`'s step between codes in natural-log units, chosen for this tensor; `None` for the
+    /// other formats.
+    pub fn lns4_step(&self) -> Option<f32> {
+        (self.format == WeightFormat::Lns4).then_some(self.step)
     }
 
     /// How the magnitudes are stored.
@@ -415,13 +477,13 @@ impl LogWeight {
     /// Packed sign bits, shape `(out, ceil(in/32))`, `U32` (see [`crate::packing`]); `None` for
     /// `lns8`, whose codes hold their signs.
     pub fn signs(&self) -> Option<&Tensor> {
-        (self.format != WeightFormat::Lns8).then_some(&self.signs)
+        (!self.format.is_lns()).then_some(&self.signs)
     }
 
-    /// The `lns8` group offsets, shape `(out, ceil(in/32))`, `F16` ([`crate::lns`]); `None` for
-    /// the other formats.
+    /// The lns group offsets, shape `(out, ceil(in/32))`, `F16` ([`crate::lns`]); `None` for
+    /// the float formats.
     pub fn group_offsets(&self) -> Option<&Tensor> {
-        (self.format == WeightFormat::Lns8).then_some(&self.signs)
+        self.format.is_lns().then_some(&self.signs)
     }
 
     /// The weight as stored, as plain `f32` values `(out, in)` on the CPU: what the op
@@ -429,6 +491,22 @@ impl LogWeight {
     pub fn dequantize(&self) -> Result<Tensor> {
         let (out_dim, in_dim) = self.dims();
         let values: Vec<f32> = match self.format {
+            WeightFormat::Lns4 => {
+                let bytes = self.magnitudes.to_device(&Device::Cpu)?.flatten_all()?;
+                let bytes = bytes.to_vec1::<u8>()?;
+                let offsets = self.signs.to_device(&Device::Cpu)?.flatten_all()?;
+                let offsets = offsets.to_vec1::<f16>()?;
+                let (groups, per_row) =
+                    (lns::groups_per_row(in_dim), lns::lns4_bytes_per_row(in_dim));
+                (0..out_dim * in_dim)
+                    .map(|i| {
+                        let (r, col) = (i / in_dim, i % in_dim);
+                        let code = lns::lns4_code(&bytes[r * per_row..(r + 1) * per_row], col);
+                        let offset = offsets[r * groups + col / lns::LNS4_GROUP];
+                        lns::decode_value4(code, offset, self.step) as f32
+                    })
+                    .collect()
+            }
             WeightFormat::Lns8 => {
                 let codes = self.magnitudes.to_device(&Device::Cpu)?.flatten_all()?;
                 let codes = codes.to_vec1::<u8>()?;
@@ -493,6 +571,8 @@ impl LogWeight {
             signs: self.signs.to_device(device)?,
             format: self.format,
             exp: self.exp,
+            in_dim: self.in_dim,
+            step: self.step,
         })
     }
 
@@ -508,10 +588,11 @@ impl LogWeight {
         const OP: &str = "a log-domain linear layer";
         check_float(OP, x)?;
         check_mode(OP, self.exp, x)?;
-        if self.format == WeightFormat::Lns8 && !x.device().is_cpu() {
+        if self.format.is_lns() && !x.device().is_cpu() {
             bail!(
-                "{OP}: the lns8 weight format has CPU kernels only so far, and the input is on \
+                "{OP}: the {} weight format has CPU kernels only so far, and the input is on \
                  {}; use --weight-format f16 or f32 on a GPU, or run on the CPU",
+                self.format,
                 device_name(x.device())
             );
         }
@@ -536,7 +617,11 @@ impl LogWeight {
             *dims.last_mut().expect("rank ≥ 1") = out_dim;
             return Tensor::zeros(dims, x.dtype(), x.device());
         }
-        let op = LogLinearOp { exp: self.exp };
+        let op = LogLinearOp {
+            exp: self.exp,
+            in_dim,
+            lns4_step: self.lns4_step(),
+        };
         x.apply_op3_no_bwd(&self.magnitudes, &self.signs, &op)
     }
 }

@@ -158,13 +158,14 @@ impl Budget {
         b
     }
 
-    /// Budget for `LogLinear` with `lns8` weights, against the weight as stored (the format's
-    /// own error is tested apart, in `emilio_op::lns`): the kernel decodes a code's log as
-    /// `q·STEP + offset` in `f32`, two roundings, `≤ 3u·|lb| + 5.5u` (`|offset| ≤ |lb| + 5.5`).
-    pub fn linear_lns8(x_dtype: DType) -> Self {
+    /// Budget for `LogLinear` with `lns8` or `lns4` weights, against the weight as stored (the
+    /// formats' own error is tested apart, in `emilio_op::lns`): the kernel decodes a code's log
+    /// as `q·step + offset` in `f32`, two roundings, `≤ 3u·|lb| + 8.4u` (`|offset| ≤ |lb| +
+    /// q·step`, `q·step ≤ 127/16·ln 2 = 5.5` for lns8 and `≤ 7·1.2 = 8.4` for lns4).
+    pub fn linear_lns(x_dtype: DType) -> Self {
         let mut b = Self::linear_f32(x_dtype);
         b.b_log_rel = 4.0 * U_F32;
-        b.b_log_abs = 8.0 * U_F32;
+        b.b_log_abs = 12.0 * U_F32;
         b
     }
 

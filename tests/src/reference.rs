@@ -120,7 +120,7 @@ fn log_abs(x: f64) -> f64 {
 
 /// The reference of a linear layer, `x·wᵀ (+ bias)`, over the original (unconverted) weight `w`
 /// `(out, in)` with the budget of the weight format and exp mode (a format alone: exact); for
-/// `lns8`, whose error per weight is the format's own (`emilio_op::lns`), `w` is the weight as
+/// `lns8` and `lns4`, whose error per weight is the format's own (`emilio_op::lns`), `w` is the weight as
 /// stored (`LogWeight::dequantize`) and the budget the op's alone; shaped like the layer's output
 /// `(..., out)` for `x` `(..., in)` of any layout.
 pub fn reference_linear(
@@ -133,7 +133,9 @@ pub fn reference_linear(
     let budget = match config.format {
         emilio_op::WeightFormat::F32 => Budget::linear_f32(x.dtype()),
         emilio_op::WeightFormat::F16 => Budget::linear_f16(x.dtype()),
-        emilio_op::WeightFormat::Lns8 => Budget::linear_lns8(x.dtype()),
+        emilio_op::WeightFormat::Lns8 | emilio_op::WeightFormat::Lns4 => {
+            Budget::linear_lns(x.dtype())
+        }
     }
     .with_exp(config.exp);
     let in_dim = w.dim(1).expect("a (out, in) weight");

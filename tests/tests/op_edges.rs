@@ -477,7 +477,7 @@ fn linear_budget(format: WeightFormat) -> Budget {
         WeightFormat::F32 => Budget::linear_f32(DType::F32),
         WeightFormat::F16 => Budget::linear_f16(DType::F32),
         // lns8 stores finite weights only: its edges are in op_modes.rs.
-        WeightFormat::Lns8 => unreachable!("no lns8 case here"),
+        WeightFormat::Lns8 | WeightFormat::Lns4 => unreachable!("no lns case here"),
     }
 }
 

@@ -318,12 +318,12 @@ fn mode_names_round_trip_and_unknown_ones_are_refused() {
     );
 }
 
-/// `lns8` layers in every mode it pairs with, against the reference over the weight as stored
+/// `lns8` and `lns4` layers in every mode they pair with, against the reference over the weight as stored
 /// (`dequantize`): decode (≤ 4 rows, the kernel that reads codes directly) and prefill shapes
 /// (codes widened into tiles), odd `in` (a partial last group), f32/f16/bf16 and f64
-/// activations. The format's own error per weight is `emilio_op::lns`'s unit test.
+/// activations. The formats' own error per weight is `emilio_op::lns`'s unit tests.
 #[test]
-fn lns8_layers_are_within_the_ops_bound_against_the_stored_weight() {
+fn lns_layers_are_within_the_ops_bound_against_the_stored_weight() {
     let shapes = [
         (1, 896, 256),
         (2, 33, 7),
@@ -341,8 +341,11 @@ fn lns8_layers_are_within_the_ops_bound_against_the_stored_weight() {
             v[2] = 1e-9;
             w = emilio_tests::tensor_from_f64(v, &[out_dim, in_dim], DType::F32);
         }
-        for mode in [ExpMode::Exact, ExpMode::Fast, ExpMode::Mitchell] {
-            let config = LogConfig::new(WeightFormat::Lns8, mode);
+        for (format, mode) in [WeightFormat::Lns8, WeightFormat::Lns4]
+            .into_iter()
+            .flat_map(|f| [ExpMode::Exact, ExpMode::Fast, ExpMode::Mitchell].map(|m| (f, m)))
+        {
+            let config = LogConfig::new(format, mode);
             let weight = LogWeight::from_tensor(&w, config).unwrap();
             let stored = weight.dequantize().unwrap();
             let dtypes: &[DType] = if mode == ExpMode::Exact {
@@ -371,6 +374,14 @@ fn lns8_stores_about_a_quarter_of_f32_and_refuses_what_it_cannot_hold() {
     assert!(lns8.size_in_bytes() * 2 <= f16.size_in_bytes());
     assert!(lns8.signs().is_none() && lns8.group_offsets().is_some());
     assert!(f16.signs().is_some() && f16.group_offsets().is_none());
+    // lns4: half a byte per weight and the same offsets: 4.5 bits, and a step of its own.
+    let lns4 = LogWeight::from_tensor(&w, WeightFormat::Lns4).unwrap();
+    assert_eq!(lns4.size_in_bytes(), 64 * 48 + 64 * 3 * 2);
+    assert_eq!(WeightFormat::Lns4.bits_per_weight(), 4.5);
+    assert_eq!(lns4.dims(), (64, 96));
+    let step = lns4.lns4_step().unwrap();
+    assert!(step > 0.05 && step < 1.2, "{step}");
+    assert!(lns8.lns4_step().is_none());
     // The stored weight is within the format's 2.19% of every weight of this spread.
     let stored = to_f64_vec(&lns8.dequantize().unwrap());
     for (s, o) in stored.iter().zip(to_f64_vec(&w)) {
@@ -394,6 +405,10 @@ fn lns8_stores_about_a_quarter_of_f32_and_refuses_what_it_cannot_hold() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("(lns8, lmul)"), "{err}");
+    let err = LogWeight::from_tensor(&w, LogConfig::new(WeightFormat::Lns4, ExpMode::Lmul))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("(lns4, lmul)"), "{err}");
     assert_eq!("LNS8".parse::<WeightFormat>().unwrap(), WeightFormat::Lns8);
 }
 
@@ -429,13 +444,13 @@ fn lns8_zero_codes_are_ieee_zeros() {
 }
 
 #[test]
-fn every_pair_but_lns8_with_lmul_is_supported() {
+fn every_pair_but_the_lns_formats_with_lmul_is_supported() {
     let pairs = LogConfig::supported();
-    assert_eq!(pairs.len(), 3 * 4 - 1);
+    assert_eq!(pairs.len(), 4 * 4 - 2);
     for format in WeightFormat::ALL {
         for exp in ExpMode::ALL {
             let config = LogConfig::new(format, exp);
-            let supported = !(format == WeightFormat::Lns8 && exp == ExpMode::Lmul);
+            let supported = !(format.is_lns() && exp == ExpMode::Lmul);
             assert_eq!(config.is_supported(), supported, "{config}");
             assert_eq!(pairs.contains(&config), supported, "{config}");
             assert_eq!(config.check().is_ok(), supported, "{config}");

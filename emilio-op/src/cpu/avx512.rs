@@ -382,11 +382,85 @@ pub(super) fn log_dot_lns8<E: Exp16>(la: &[f32], sa: &[u32], codes: &[u8], offse
     reduce(acc0, acc1)
 }
 
+/// 16 `lns4` codes (one per 32-bit lane) as `(ln|w|, sign mask)`, as [`lns8_terms`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lns4_terms(codes: __m512i, step: __m512, offset: __m512, x_sign: __m512i) -> (__m512, __m512i) {
+    let q = _mm512_and_si512(codes, _mm512_set1_epi32(7));
+    let zero = _mm512_testn_epi32_mask(codes, _mm512_set1_epi32(7));
+    let lw = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), step, offset);
+    let lw = _mm512_mask_mov_ps(lw, zero, _mm512_set1_ps(f32::NEG_INFINITY));
+    // Bit 3 to bit 31, XOR-ed with the activation's sign: (A & C) ^ B = 0x6c.
+    let sign = _mm512_ternarylogic_epi32::<0x6c>(
+        _mm512_slli_epi32::<28>(codes),
+        x_sign,
+        _mm512_set1_epi32(i32::MIN),
+    );
+    (lw, sign)
+}
+
+/// [`super::portable::log_dot_lns4_lanes`] with intrinsics, bit for bit: a group's 16 bytes
+/// widen to 16 lanes once, their low nibbles are weights 0–15 and their high ones 16–31.
+#[target_feature(enable = "avx512f")]
+pub(super) fn log_dot_lns4<E: Exp16>(
+    la: &[f32],
+    sa: &[u32],
+    bytes: &[u8],
+    offsets: &[f16],
+    step: f32,
+) -> f32 {
+    let k = la.len();
+    assert!(sa.len() == k && offsets.len() == k.div_ceil(32) && bytes.len() == 16 * offsets.len());
+    let full = k / 32;
+    let step = _mm512_set1_ps(step);
+    let mut acc0 = _mm512_set1_ps(-0.0);
+    let mut acc1 = _mm512_set1_ps(-0.0);
+    let nibbles = |b: &[u8]| {
+        assert!(b.len() >= 16);
+        // SAFETY: `b` holds at least 16 bytes (asserted); this reads 16.
+        let d = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) });
+        (
+            _mm512_and_si512(d, _mm512_set1_epi32(0x0f)),
+            _mm512_srli_epi32::<4>(d),
+        )
+    };
+    for (g, offset) in offsets[..full].iter().enumerate() {
+        let j = 32 * g;
+        let (la, sa) = (&la[j..j + 32], &sa[j..j + 32]);
+        let offset = _mm512_set1_ps(offset.to_f32());
+        let (lo, hi) = nibbles(&bytes[16 * g..16 * g + 16]);
+        let (w0, s0) = lns4_terms(lo, step, offset, load16_epi32(sa));
+        let (w1, s1) = lns4_terms(hi, step, offset, load16_epi32(&sa[16..]));
+        acc0 = accumulate::<E>(acc0, _mm512_add_ps(load16_ps(la), w0), s0);
+        acc1 = accumulate::<E>(acc1, _mm512_add_ps(load16_ps(&la[16..]), w1), s1);
+    }
+    if full < offsets.len() {
+        let offset = _mm512_set1_ps(offsets[full].to_f32());
+        let halves = nibbles(&bytes[16 * full..16 * full + 16]);
+        for (h, (acc, codes)) in [(&mut acc0, halves.0), (&mut acc1, halves.1)]
+            .into_iter()
+            .enumerate()
+        {
+            let j = 32 * full + 16 * h;
+            if j >= k {
+                break;
+            }
+            let (a, mask) = load_ps(la, j);
+            let (w, sign) = lns4_terms(codes, step, offset, load_epi32(sa, j));
+            let sum = accumulate::<E>(*acc, _mm512_add_ps(a, w), sign);
+            *acc = _mm512_mask_mov_ps(*acc, mask, sum);
+        }
+    }
+    reduce(acc0, acc1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::exp_kernel::with_exp_kernel;
-    use crate::cpu::portable::{log_dot_lanes, log_dot_lns8_lanes, log_dot_packed_lanes};
+    use crate::cpu::portable::{
+        log_dot_lanes, log_dot_lns4_lanes, log_dot_lns8_lanes, log_dot_packed_lanes,
+    };
     use crate::packing::pack_sign_row;
     use crate::ExpMode;
     use rand::{Rng, SeedableRng};
@@ -521,6 +595,14 @@ mod tests {
                 let got = unsafe { log_dot_lns8::<E>(&la, &sa, &codes, &offsets) };
                 let want = log_dot_lns8_lanes::<E, true>(&la, &sa, &codes, &offsets);
                 assert!(same(got, want), "{mode} lns8 k={k}: {got:e} vs {want:e}");
+
+                let step = crate::lns::lns4_step(&row, k.max(1));
+                let mut bytes = vec![0u8; crate::lns::lns4_bytes_per_row(k)];
+                crate::lns::encode_row4(&row, &mut bytes, &mut offsets, step).unwrap();
+                // SAFETY: AVX-512F checked above.
+                let got = unsafe { log_dot_lns4::<E>(&la, &sa, &bytes, &offsets, step) };
+                let want = log_dot_lns4_lanes::<E, true>(&la, &sa, &bytes, &offsets, step);
+                assert!(same(got, want), "{mode} lns4 k={k}: {got:e} vs {want:e}");
             }
         }
     }

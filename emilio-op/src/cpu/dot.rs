@@ -4,7 +4,7 @@
 
 use super::exp_kernel::{with_exp_kernel, Exact, ExpKernel};
 use super::float::LogFloat;
-use super::gemv::{log_dot_lns8, log_dot_packed, ExpSimd};
+use super::gemv::{log_dot_lns4, log_dot_lns8, log_dot_packed, ExpSimd};
 use super::isa::Isa;
 use super::magnitude::Magnitudes;
 use super::portable::{log_dot_lanes, log_dot_weight_row_scalar};
@@ -54,6 +54,11 @@ impl LogDot for f32 {
             Magnitudes::F32(m) => log_dot_packed::<_, E>(la, sa, m, signs),
             Magnitudes::F16(m) => log_dot_packed::<_, E>(la, sa, m, signs),
             Magnitudes::Lns8 { codes, offsets } => log_dot_lns8::<E>(la, sa, codes, offsets),
+            Magnitudes::Lns4 {
+                bytes,
+                offsets,
+                step,
+            } => log_dot_lns4::<E>(la, sa, bytes, offsets, step),
         })
     }
 }

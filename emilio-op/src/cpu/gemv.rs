@@ -9,7 +9,7 @@
 use super::exp_kernel::ExpKernel;
 use super::isa::Isa;
 use super::magnitude::Magnitude;
-use super::portable::{log_dot_lns8_lanes, log_dot_packed_lanes};
+use super::portable::{log_dot_lns4_lanes, log_dot_lns8_lanes, log_dot_packed_lanes};
 use crate::packing::SIGN_BITS_PER_WORD;
 
 #[cfg(target_arch = "x86_64")]
@@ -67,9 +67,44 @@ pub(crate) fn log_dot_lns8<E: ExpKernel + ExpSimd>(
     }
 }
 
+/// The `lns4` decode kernel for this CPU (see [`Isa`]), with the `exp` of `E`.
+pub(crate) fn log_dot_lns4<E: ExpKernel + ExpSimd>(
+    la: &[f32],
+    sa: &[u32],
+    bytes: &[u8],
+    offsets: &[half::f16],
+    step: f32,
+) -> f32 {
+    debug_assert!(sa.len() == la.len());
+    debug_assert!(offsets.len() == la.len().div_ceil(crate::lns::LNS4_GROUP));
+    match Isa::get() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA.
+        Isa::Avx512 => unsafe { super::avx512::log_dot_lns4::<E>(la, sa, bytes, offsets, step) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only detected on CPUs with AVX2 and FMA.
+        Isa::Avx2 => unsafe { x86::lns4_avx2::<E>(la, sa, bytes, offsets, step) },
+        Isa::Neon => log_dot_lns4_lanes::<E, true>(la, sa, bytes, offsets, step),
+        _ => log_dot_lns4_lanes::<E, false>(la, sa, bytes, offsets, step),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{log_dot_lns8_lanes, log_dot_packed_lanes, ExpKernel, Magnitude};
+    use super::{
+        log_dot_lns4_lanes, log_dot_lns8_lanes, log_dot_packed_lanes, ExpKernel, Magnitude,
+    };
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn lns4_avx2<E: ExpKernel>(
+        la: &[f32],
+        sa: &[u32],
+        bytes: &[u8],
+        offsets: &[half::f16],
+        step: f32,
+    ) -> f32 {
+        log_dot_lns4_lanes::<E, true>(la, sa, bytes, offsets, step)
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn lns8_avx2<E: ExpKernel>(

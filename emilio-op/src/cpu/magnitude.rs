@@ -15,6 +15,12 @@ pub(crate) enum Magnitudes<'a> {
         codes: &'a [u8],
         offsets: &'a [f16],
     },
+    /// `lns4` bytes (two codes each, by groups of 32), offsets, and the tensor's step.
+    Lns4 {
+        bytes: &'a [u8],
+        offsets: &'a [f16],
+        step: f32,
+    },
 }
 
 impl<'a> Magnitudes<'a> {
@@ -28,6 +34,21 @@ impl<'a> Magnitudes<'a> {
                 Self::Lns8 {
                     codes: &codes[j0 * k..j1 * k],
                     offsets: &offsets[j0 * g..j1 * g],
+                }
+            }
+            Self::Lns4 {
+                bytes,
+                offsets,
+                step,
+            } => {
+                let (g, b) = (
+                    crate::lns::groups_per_row(k),
+                    crate::lns::lns4_bytes_per_row(k),
+                );
+                Self::Lns4 {
+                    bytes: &bytes[j0 * b..j1 * b],
+                    offsets: &offsets[j0 * g..j1 * g],
+                    step,
                 }
             }
         }

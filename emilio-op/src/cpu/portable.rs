@@ -10,7 +10,7 @@ use super::exp_kernel::ExpKernel;
 use super::float::LogFloat;
 use super::magnitude::{Magnitude, Magnitudes};
 use super::reduce::pairwise_sum;
-use crate::lns::{decode_log, LNS8_GROUP, STEP};
+use crate::lns::{decode_log, decode_log4, lns4_code, LNS4_GROUP, LNS8_GROUP, STEP};
 use crate::packing::{sign_bit, SIGN_BITS_PER_WORD};
 
 const W: usize = SIGN_BITS_PER_WORD;
@@ -120,6 +120,52 @@ pub(crate) fn log_dot_lns8_lanes<E: ExpKernel, const FMA: bool>(
     pairwise_sum(&mut acc)
 }
 
+/// [`log_dot_lns8_lanes`] for an `lns4` row: byte `i` of a group holds its weights `i` (low
+/// nibble) and `16 + i` (high), lane `l` takes weight `l` of each group, a code's log is
+/// `q·step + offset` (fused where the CPU has FMA) and its sign bit 3.
+#[inline(always)]
+pub(crate) fn log_dot_lns4_lanes<E: ExpKernel, const FMA: bool>(
+    la: &[f32],
+    sa: &[u32],
+    bytes: &[u8],
+    offsets: &[f16],
+    step: f32,
+) -> f32 {
+    let k = la.len();
+    let mut acc = [-0.0f32; W];
+    let term = |l: f32, s: u32, c: u8, offset: f32| {
+        let q = c & 7;
+        let lw = if q == 0 {
+            f32::NEG_INFINITY
+        } else {
+            madd::<FMA>(q as f32, step, offset)
+        };
+        let e = E::exp::<FMA>(l + lw);
+        f32::from_bits(e.to_bits() ^ s ^ (u32::from(c & 8) << 28))
+    };
+    let full = k / W;
+    for (g, offset) in offsets[..full].iter().enumerate() {
+        let r = g * W..(g + 1) * W;
+        let (la, sa) = (&la[r.clone()], &sa[r]);
+        let bytes = &bytes[g * (W / 2)..(g + 1) * (W / 2)];
+        let offset = offset.widen();
+        for l in 0..W / 2 {
+            acc[l] += term(la[l], sa[l], bytes[l] & 0x0f, offset);
+            acc[l + W / 2] += term(la[l + W / 2], sa[l + W / 2], bytes[l] >> 4, offset);
+        }
+    }
+    if full * W < k {
+        let offset = offsets[full].widen();
+        let bytes = &bytes[full * (W / 2)..];
+        for (l, i) in (full * W..k).enumerate() {
+            let b = bytes[l % (W / 2)];
+            let c = if l < W / 2 { b & 0x0f } else { b >> 4 };
+            acc[l] += term(la[i], sa[i], c, offset);
+        }
+    }
+    pairwise_sum(&mut acc)
+}
+
 /// The decode kernel for accumulators without a SIMD build (`f64`): widen as it goes.
 pub(crate) fn log_dot_weight_row_scalar<T: LogFloat, E: ExpKernel>(
     la: &[T],
@@ -137,6 +183,15 @@ pub(crate) fn log_dot_weight_row_scalar<T: LogFloat, E: ExpKernel>(
                 T::from_f32(decode_log(codes[i], offset)),
                 u32::from(codes[i] >> 7),
             )
+        }
+        Magnitudes::Lns4 {
+            bytes,
+            offsets,
+            step,
+        } => {
+            let c = lns4_code(bytes, i);
+            let offset = offsets[i / LNS4_GROUP].to_f32();
+            (T::from_f32(decode_log4(c, offset, step)), u32::from(c >> 3))
         }
     };
     let mut acc = [T::NEG_ZERO; 4];

@@ -3,7 +3,9 @@
 use super::dot::LogDot;
 use super::gemm::Columns;
 use super::magnitude::Magnitudes;
-use crate::lns::{decode_log, groups_per_row, LNS8_GROUP};
+use crate::lns::{
+    decode_log, decode_log4, groups_per_row, lns4_bytes_per_row, lns4_code, LNS4_GROUP, LNS8_GROUP,
+};
 use crate::packing::{sign_bit, sign_words_per_row};
 use crate::ExpMode;
 
@@ -65,6 +67,26 @@ impl<T: LogDot> Columns<T> for WeightColumns<'_> {
                             *l = T::from_f32(decode_log(c, offset));
                             *m = T::mask_from_bit(u32::from(c >> 7));
                         }
+                    }
+                }
+                return (&scratch.logs, &scratch.masks);
+            }
+            Magnitudes::Lns4 {
+                bytes,
+                offsets,
+                step,
+            } => {
+                let (g, b) = (groups_per_row(k), lns4_bytes_per_row(k));
+                let rows = scratch.logs.chunks_exact_mut(k.max(1));
+                let mask_rows = scratch.masks.chunks_exact_mut(k.max(1));
+                for (j, (logs, masks)) in rows.zip(mask_rows).enumerate() {
+                    let bytes = &bytes[j * b..(j + 1) * b];
+                    let offsets = &offsets[j * g..(j + 1) * g];
+                    for (i, (l, m)) in logs.iter_mut().zip(masks.iter_mut()).enumerate() {
+                        let c = lns4_code(bytes, i);
+                        let offset = offsets[i / LNS4_GROUP].to_f32();
+                        *l = T::from_f32(decode_log4(c, offset, step));
+                        *m = T::mask_from_bit(u32::from(c >> 3));
                     }
                 }
                 return (&scratch.logs, &scratch.masks);

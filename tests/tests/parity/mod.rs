@@ -15,6 +15,8 @@ const EPS_F32: f64 = 24.0 / 16_777_216.0;
 const EPS_F16: f64 = 6.0 / 2048.0;
 /// ε of the lns8 weight format: its relative error per weight, `2^(1/32) − 1`.
 const EPS_LNS8: f64 = 0.0219;
+/// ε of the lns4 weight format: its relative error per weight at the largest step (1.2).
+const EPS_LNS4: f64 = 0.83;
 
 /// The tolerance on `max |ours − stock| / max |stock|` for a weight format.
 pub fn tolerance(format: WeightFormat) -> f64 {
@@ -23,6 +25,7 @@ pub fn tolerance(format: WeightFormat) -> f64 {
             WeightFormat::F32 => EPS_F32,
             WeightFormat::F16 => EPS_F16,
             WeightFormat::Lns8 => EPS_LNS8,
+            WeightFormat::Lns4 => EPS_LNS4,
         }
 }
 
