@@ -53,6 +53,13 @@ pub(crate) fn check_mode(op: &str, mode: ExpMode, x: &Tensor) -> Result<()> {
     if mode == ExpMode::Exact {
         return Ok(());
     }
+    if mode == ExpMode::Table && op == "log_matmul" {
+        bail!(
+            "log_matmul: the table mode looks products up by a weight's lns4 codes, and \
+             log_matmul's operands are activations; use another mode (a model running table takes \
+             ExpMode::for_activations, the exact mode, for attention)"
+        );
+    }
     if !x.device().is_cpu() {
         bail!(
             "{op}: the {mode} exp mode has CPU kernels only so far, and the input is on {}; \

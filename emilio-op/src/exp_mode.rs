@@ -20,6 +20,7 @@ use candle_core::{bail, Result};
 /// | `fast` | degree-4 polynomial of `2^f` | `3·10⁻⁶ + |x|·2⁻²³` | 10 |
 /// | `mitchell` | `2^⌊t⌋·(1 + frac t)`, zero-mean offset | `0.0392 + |x|·2⁻²³` | 7 |
 /// | `lmul` | Mitchell's log *and* exp (L-Mul) | `0.0729 + |x|·2⁻²²` | 7 |
+/// | `table` | `lns4` weights only: a lookup in a per-activation table of exact exps | `6·2⁻²³` | 1 (`vpermps`) |
 ///
 /// where `x = ln|a| + ln|b|` is the sum the `exp` is applied to; the `|x|` term is the
 /// rounding of `t = x·log₂e` (twice where the CPU has no fused multiply-add). Overflow gives `+inf` and
@@ -51,11 +52,31 @@ pub enum ExpMode {
     /// of the bound, with the rounding of `t`). A subnormal
     /// operand is normalised before its bits are read, so the bound holds for it too.
     Lmul,
+    /// For `lns4` weights (the code formats' table mode, as in T-MAC and LUT-GEMM): per
+    /// activation `x_k`, a table of the 16 signed products `±exp(ln|x_k| + q·step)` of every
+    /// code, each an exact exp, shared by every output, so a product is one lookup (`vpermps`
+    /// of 16 outputs' codes at once) and an add; each group of 32 is then scaled once by
+    /// `exp(offset)` (an exact exp per output and group). Error per product: the two exps and
+    /// the scaling, within `6·2⁻²³`. A product overflows where `exp(ln|x| + q·step)` does,
+    /// before its group's scale. The codes are stored by blocks of 16 rows for it, so an `lns4`
+    /// weight converted for `table` runs only in `table`; attention's products, which have no
+    /// codes, are exact when a model runs `table`.
+    Table,
 }
 
 impl ExpMode {
     /// Every mode, from the most exact to the cheapest.
-    pub const ALL: [ExpMode; 4] = [Self::Exact, Self::Fast, Self::Mitchell, Self::Lmul];
+    pub const ALL: [ExpMode; 5] = [
+        Self::Exact,
+        Self::Fast,
+        Self::Mitchell,
+        Self::Lmul,
+        Self::Table,
+    ];
+
+    /// The modes that take an `exp` per product (every one but `table`): the ones
+    /// [`log_matmul_with`](crate::log_matmul_with) and the float formats run.
+    pub const PER_PRODUCT: [ExpMode; 4] = [Self::Exact, Self::Fast, Self::Mitchell, Self::Lmul];
 
     /// The mode's name, as the CLI spells it.
     pub fn name(self) -> &'static str {
@@ -64,6 +85,7 @@ impl ExpMode {
             Self::Fast => "fast",
             Self::Mitchell => "mitchell",
             Self::Lmul => "lmul",
+            Self::Table => "table",
         }
     }
 
@@ -75,6 +97,7 @@ impl ExpMode {
             Self::Fast => 3e-6,
             Self::Mitchell => 0.0392,
             Self::Lmul => 0.0729,
+            Self::Table => 6.0 * f64::from(f32::EPSILON),
         }
     }
 
@@ -84,7 +107,7 @@ impl ExpMode {
         let u = f64::from(f32::EPSILON) / 2.0;
         self.error_bound_constant()
             + match self {
-                Self::Exact => 0.0,
+                Self::Exact | Self::Table => 0.0,
                 Self::Fast | Self::Mitchell => x.abs() * 2.0 * u,
                 Self::Lmul => x.abs() * 4.0 * u,
             }
@@ -94,6 +117,15 @@ impl ExpMode {
     /// than the natural logarithm.
     pub fn reads_logs_from_bits(self) -> bool {
         self == Self::Lmul
+    }
+
+    /// The mode of products that have no weight codes (attention's): `table` runs them
+    /// exactly, every other mode as itself.
+    pub fn for_activations(self) -> ExpMode {
+        match self {
+            Self::Table => Self::Exact,
+            mode => mode,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use crate::cpu::gemm::log_gemm;
 use crate::cpu::input::Input;
 use crate::cpu::magnitude::Magnitudes;
 use crate::cpu::split::{ln_split, MatrixView};
+use crate::cpu::table::{table_linear, TableWeight};
 use crate::cpu::weight_columns::WeightColumns;
 use crate::lns::groups_per_row;
 use crate::packing::sign_words_per_row;
@@ -24,7 +25,8 @@ pub(crate) struct LogLinearOp {
     /// The weight's exp mode (the CPU kernels; GPUs take only the exact mode, which
     /// [`LogWeight::forward`](crate::LogWeight::forward) checks before the op runs).
     pub exp: ExpMode,
-    /// `in`, which `lns4`'s packed bytes do not show.
+    /// `(out, in)`, which `lns4`'s packed bytes do not show.
+    pub out_dim: usize,
     pub in_dim: usize,
     /// `lns4`'s step: `u8` magnitudes are `lns4` bytes with it, `lns8` codes without.
     pub lns4_step: Option<f32>,
@@ -44,7 +46,20 @@ impl CustomOp3 for LogLinearOp {
         signs: &CpuStorage,
         ls: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, k) = (lm.shape().dims2()?.0, self.in_dim);
+        let (n, k) = (self.out_dim, self.in_dim);
+        if self.exp == ExpMode::Table {
+            return table_fwd(
+                x,
+                lx,
+                mags,
+                lm,
+                signs,
+                ls,
+                n,
+                k,
+                self.lns4_step.unwrap_or(0.0),
+            );
+        }
         let (magnitudes, signs) = match (mags, lm.contiguous_offsets()) {
             (CpuStorage::F32(m), Some((lo, hi))) => {
                 (Magnitudes::F32(&m[lo..hi]), packed_signs(signs, ls, n, k)?)
@@ -149,6 +164,45 @@ impl CustomOp3 for LogLinearOp {
             let _ = (x, lx, mags, lm, signs, ls);
             Err(unsupported("the log-domain linear layer", Backend::Metal))
         }
+    }
+}
+
+/// The table mode's product ([`crate::cpu::table`]) over an `lns4` weight stored for it.
+#[allow(clippy::too_many_arguments)]
+fn table_fwd(
+    x: &CpuStorage,
+    lx: &Layout,
+    bytes: &CpuStorage,
+    lb: &Layout,
+    offsets: &CpuStorage,
+    lo: &Layout,
+    n: usize,
+    k: usize,
+    step: f32,
+) -> Result<(CpuStorage, Shape)> {
+    let (CpuStorage::U8(b), Some((b0, b1)), CpuStorage::F16(o), Some((o0, o1))) = (
+        bytes,
+        lb.contiguous_offsets(),
+        offsets,
+        lo.contiguous_offsets(),
+    ) else {
+        bail!("a table-mode weight must be contiguous u8 codes and f16 offsets");
+    };
+    let w = TableWeight {
+        bytes: &b[b0..b1],
+        offsets: &o[o0..o1],
+        step,
+        n,
+        k,
+    };
+    match x {
+        CpuStorage::F32(x) => Ok(table_linear(x, lx, &w)),
+        CpuStorage::F16(x) => Ok(table_linear(x, lx, &w)),
+        CpuStorage::BF16(x) => Ok(table_linear(x, lx, &w)),
+        _ => bail!(
+            "a log-domain linear layer in the table mode needs f32, f16 or bf16 activations, got {:?}",
+            x.dtype()
+        ),
     }
 }
 

@@ -120,6 +120,9 @@ impl LogConfig {
     /// Whether the op has kernels for this pair: every one but `lns8` with `lmul`, whose logs
     /// come from float bits that an lns8 code does not have.
     pub fn is_supported(self) -> bool {
+        if self.exp == ExpMode::Table {
+            return self.format == WeightFormat::Lns4;
+        }
         !(self.format.is_lns() && self.exp.reads_logs_from_bits())
     }
 
@@ -134,8 +137,15 @@ impl LogConfig {
 
     /// `Ok` for a supported pair, else an error naming it and what to use instead.
     pub fn check(self) -> Result<()> {
+        let (format, exp) = (self.format, self.exp);
+        if exp == ExpMode::Table && format != WeightFormat::Lns4 {
+            bail!(
+                "the pair ({format}, {exp}) is not supported: the table mode looks each product up \
+                 in a 16-entry table per activation, which only lns4's codes index (lns8 has 256, \
+                 the float formats none); use lns4 with table, or {format} with another mode"
+            );
+        }
         if !self.is_supported() {
-            let (format, exp) = (self.format, self.exp);
             bail!(
                 "the pair ({format}, {exp}) is not supported: {exp} reads both operands' logs \
                  from their float bits, and {format} codes are not float bits; use {exp} with f16 \
@@ -294,7 +304,8 @@ pub struct LogWeight {
     signs: Tensor,
     format: WeightFormat,
     exp: ExpMode,
-    /// `in`: the magnitudes' second dimension, except for `lns4`'s packed bytes.
+    /// `(out, in)`: the magnitudes' shape, except for `lns4`'s packed bytes.
+    out_dim: usize,
     in_dim: usize,
     /// `lns4`'s step in natural-log units (0 for the other formats).
     step: f32,
@@ -364,10 +375,21 @@ impl LogWeight {
                 let fill =
                     |row: &[f64], b: &mut [u8], o: &mut [f16]| lns::encode_row4(row, b, o, step);
                 convert_rows(w, &mut bytes, bytes_per_row, &mut offsets, groups, fill)?;
-                (
-                    Tensor::from_vec(bytes, (out_dim, bytes_per_row), device)?,
-                    Tensor::from_vec(offsets, (out_dim, groups), device)?,
-                )
+                if exp == ExpMode::Table {
+                    // By blocks of 16 rows, as the table kernel reads them.
+                    let (blocks, offsets) =
+                        lns::lns4_table_blocks(&bytes, &offsets, out_dim, in_dim);
+                    let n_blocks = out_dim.div_ceil(lns::TABLE_ROWS);
+                    (
+                        Tensor::from_vec(blocks, (n_blocks, 8 * groups * lns::LNS4_GROUP), device)?,
+                        Tensor::from_vec(offsets, (n_blocks, groups * lns::TABLE_ROWS), device)?,
+                    )
+                } else {
+                    (
+                        Tensor::from_vec(bytes, (out_dim, bytes_per_row), device)?,
+                        Tensor::from_vec(offsets, (out_dim, groups), device)?,
+                    )
+                }
             }
         };
         Ok(Self {
@@ -375,6 +397,7 @@ impl LogWeight {
             signs,
             format,
             exp,
+            out_dim,
             in_dim,
             step,
         })
@@ -417,6 +440,7 @@ impl LogWeight {
             signs: signs.contiguous()?,
             format,
             exp: ExpMode::Exact,
+            out_dim,
             in_dim,
             step: 0.0,
         })
@@ -429,6 +453,15 @@ impl LogWeight {
     /// instead, so switching to or from it is refused (convert with [`LogWeight::from_tensor`]
     /// and a [`LogConfig`] in that mode).
     pub fn with_exp(&self, exp: ExpMode) -> Result<Self> {
+        LogConfig::new(self.format, exp).check()?;
+        if (exp == ExpMode::Table) != (self.exp == ExpMode::Table) {
+            bail!(
+                "an lns4 weight converted for the {} exp mode cannot switch to {exp}: the table \\
+                 mode stores its codes by blocks of 16 rows; convert the plain weight again with \\
+                 LogConfig::new(lns4, {exp})",
+                self.exp
+            );
+        }
         if exp.reads_logs_from_bits() != self.exp.reads_logs_from_bits() {
             bail!(
                 "a log-domain weight converted for the {} exp mode cannot switch to {exp}: the two \
@@ -445,7 +478,7 @@ impl LogWeight {
 
     /// `(out, in)`, the shape of the weight this was converted from.
     pub fn dims(&self) -> (usize, usize) {
-        (self.magnitudes.dims()[0], self.in_dim)
+        (self.out_dim, self.in_dim)
     }
 
     /// `lns4`'s step between codes in natural-log units, chosen for this tensor; `None` for the
@@ -501,8 +534,17 @@ impl LogWeight {
                 (0..out_dim * in_dim)
                     .map(|i| {
                         let (r, col) = (i / in_dim, i % in_dim);
-                        let code = lns::lns4_code(&bytes[r * per_row..(r + 1) * per_row], col);
-                        let offset = offsets[r * groups + col / lns::LNS4_GROUP];
+                        let (code, offset) = if self.exp == ExpMode::Table {
+                            let g = col / lns::LNS4_GROUP;
+                            let (b, rr) = (r / lns::TABLE_ROWS, r % lns::TABLE_ROWS);
+                            (
+                                lns::lns4_table_code(&bytes, in_dim, r, col),
+                                offsets[(b * groups + g) * lns::TABLE_ROWS + rr],
+                            )
+                        } else {
+                            let code = lns::lns4_code(&bytes[r * per_row..(r + 1) * per_row], col);
+                            (code, offsets[r * groups + col / lns::LNS4_GROUP])
+                        };
                         lns::decode_value4(code, offset, self.step) as f32
                     })
                     .collect()
@@ -571,6 +613,7 @@ impl LogWeight {
             signs: self.signs.to_device(device)?,
             format: self.format,
             exp: self.exp,
+            out_dim: self.out_dim,
             in_dim: self.in_dim,
             step: self.step,
         })
@@ -619,6 +662,7 @@ impl LogWeight {
         }
         let op = LogLinearOp {
             exp: self.exp,
+            out_dim,
             in_dim,
             lns4_step: self.lns4_step(),
         };

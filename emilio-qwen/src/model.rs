@@ -207,7 +207,8 @@ struct Attention {
     num_kv_groups: usize,
     head_dim: usize,
     hidden_size: usize,
-    /// The exp mode of `Q·Kᵀ` and `P·V` (the linear layers carry theirs in their weights).
+    /// The exp mode of `Q·Kᵀ` and `P·V` (the linear layers carry theirs in their weights; for
+    /// `table`, which needs weight codes, the exact one).
     exp: ExpMode,
     rotary_emb: Arc<RotaryEmbedding>,
     kv_cache: Option<(Tensor, Tensor)>,
@@ -255,7 +256,7 @@ impl Attention {
             num_kv_groups,
             head_dim,
             hidden_size: hidden_sz,
-            exp: opts.exp,
+            exp: opts.exp.for_activations(),
             rotary_emb,
             kv_cache: None,
         })

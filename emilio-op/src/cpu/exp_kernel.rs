@@ -76,6 +76,12 @@ macro_rules! with_exp_kernel {
                 type $E = $crate::cpu::exp_kernel::Lmul;
                 $body
             }
+            // `table` has no per-product exp: the op runs it apart (`cpu::table`) and refuses it
+            // for activation products, so it never reaches a kernel; exact is its entries' exp.
+            $crate::ExpMode::Table => {
+                type $E = $crate::cpu::exp_kernel::Exact;
+                $body
+            }
         }
     };
 }

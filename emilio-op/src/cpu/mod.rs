@@ -8,7 +8,8 @@
 //! 2. kernels: [`portable`] (any CPU, the reference) and `avx512` (intrinsics);
 //! 3. dispatch per type and ISA: [`gemv`] (decode against a stored weight row), [`dot`];
 //! 4. drivers: [`input`] and [`split`] (activations to logs), [`gemm`] (the tiled parallel
-//!    product), [`weight_columns`] (a weight's rows as the product's columns).
+//!    product), [`weight_columns`] (a weight's rows as the product's columns), [`table`] (the
+//!    table mode's product).
 
 pub(crate) mod approx;
 #[cfg(target_arch = "x86_64")]
@@ -26,4 +27,5 @@ pub(crate) mod magnitude;
 pub(crate) mod portable;
 pub(crate) mod reduce;
 pub(crate) mod split;
+pub(crate) mod table;
 pub(crate) mod weight_columns;

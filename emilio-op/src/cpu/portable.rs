@@ -10,7 +10,10 @@ use super::exp_kernel::ExpKernel;
 use super::float::LogFloat;
 use super::magnitude::{Magnitude, Magnitudes};
 use super::reduce::pairwise_sum;
-use crate::lns::{decode_log, decode_log4, lns4_code, LNS4_GROUP, LNS8_GROUP, STEP};
+use crate::lns::{decode_log, decode_log4, lns4_code, LNS4_GROUP, LNS8_GROUP, STEP, TABLE_ROWS};
+
+/// Table entries per activation in the table mode: every 4-bit code.
+const TABLE_CODES: usize = 16;
 use crate::packing::{sign_bit, SIGN_BITS_PER_WORD};
 
 const W: usize = SIGN_BITS_PER_WORD;
@@ -164,6 +167,37 @@ pub(crate) fn log_dot_lns4_lanes<E: ExpKernel, const FMA: bool>(
         }
     }
     pairwise_sum(&mut acc)
+}
+
+/// The table mode's block kernel ([`super::table`]), the reference of `avx512::table_block` (bit for bit with FMA):
+/// per group, 16 lane sums of lookups in the order of the columns, then one fused
+/// multiply-add by the group's scales.
+#[inline(always)]
+pub(crate) fn table_block_lanes<const FMA: bool>(
+    tables: &[f32],
+    bytes: &[u8],
+    scales: &[f32],
+) -> [f32; TABLE_ROWS] {
+    let mut acc = [-0.0f32; TABLE_ROWS];
+    for (g, scale) in scales.chunks_exact(TABLE_ROWS).enumerate() {
+        let mut sum = [-0.0f32; TABLE_ROWS];
+        for p in 0..LNS4_GROUP / 2 {
+            let k0 = g * LNS4_GROUP + 2 * p;
+            let b = &bytes[(k0 / 2) * TABLE_ROWS..(k0 / 2 + 1) * TABLE_ROWS];
+            let (t0, t1) = (
+                &tables[k0 * TABLE_CODES..(k0 + 1) * TABLE_CODES],
+                &tables[(k0 + 1) * TABLE_CODES..(k0 + 2) * TABLE_CODES],
+            );
+            for r in 0..TABLE_ROWS {
+                sum[r] += t0[(b[r] & 0x0f) as usize];
+                sum[r] += t1[(b[r] >> 4) as usize];
+            }
+        }
+        for r in 0..TABLE_ROWS {
+            acc[r] = madd::<FMA>(sum[r], scale[r], acc[r]);
+        }
+    }
+    acc
 }
 
 /// The decode kernel for accumulators without a SIMD build (`f64`): widen as it goes.
