@@ -11,9 +11,11 @@
 //! - [`LogWeight`]: a weight converted once into `ln|w|` (`f32` or `f16`, see
 //!   [`WeightFormat`]) plus one sign bit per weight.
 //! - [`LogLinear`] ([`log_linear`], [`log_linear_no_bias`]): a drop-in `candle_nn::Linear`.
-//! - [`ExpMode`]: the precision dial. `exact` by default; `fast`, `mitchell` (Mitchell's
-//!   piecewise-linear exp) and `lmul` (L-Mul) trade a stated error per product for speed, in
-//!   [`log_matmul_with`] and through a [`LogConfig`] in [`LogWeight`] and [`LogLinear`].
+//! - [`ExpMode`] and [`WeightFormat`]: the precision dial. `exact` by default; `fast`,
+//!   `mitchell` (Mitchell's piecewise-linear exp) and `lmul` (L-Mul) trade a stated error per
+//!   product for speed, in [`log_matmul_with`] and through a [`LogConfig`] in [`LogWeight`] and
+//!   [`LogLinear`]; the `lns8` and `lns4` formats store 8.5 and 4.5 bits per weight
+//!   ([`lns`]), and `table` looks `lns4` products up in per-activation tables of exact exps.
 //!
 //! # Using the op in your own model
 //! Swap `candle_nn::linear` for [`log_linear`] and `matmul` for [`log_matmul`]:

@@ -23,7 +23,7 @@
 //!
 //! **`lns4`**: a sign bit and a 3-bit log code per weight, packed two to a byte, against an
 //! `f16` offset per group of [`LNS4_GROUP`] (4.5 bits per weight). Seven magnitudes are too few
-//! for a fixed step, so the step is chosen per tensor ([`lns4_step`]: the least mean squared log
+//! for a fixed step, so the step is chosen per tensor (`lns4_step`: the least mean squared log
 //! error over the tensor). Error per weight, with `s` the tensor's step: relative at most
 //! `e^(s/2) − 1` down to `v₁ ≈ M·e^(−6s)`, the rest to the nearer of zero and `v₁`.
 

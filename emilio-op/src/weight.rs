@@ -1,4 +1,5 @@
-//! Log-domain weights: `ln|w|` and packed sign bits, converted once at load time.
+//! Log-domain weights, converted once at load time: `ln|w|` with packed sign bits (`f32`,
+//! `f16`), or log codes against group offsets (`lns8`, `lns4`: [`crate::lns`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -279,8 +280,8 @@ fn log_row<M>(
 /// A `(out, in)` weight matrix held in the log domain: magnitudes `ln|w|` and one sign bit per
 /// weight, laid out as [`crate::packing`] describes.
 ///
-/// The plain weight is not kept: a `LogWeight` costs [`WeightFormat::magnitude_bytes`] plus
-/// 1/8 byte per weight. Both parts are ordinary tensors on the weight's device, so the op runs
+/// The plain weight is not kept: a `LogWeight` costs [`WeightFormat::bits_per_weight`] per
+/// weight ([`LogWeight::size_in_bytes`]). Both parts are ordinary tensors on the weight's device, so the op runs
 /// wherever Candle does.
 ///
 /// ```

@@ -12,7 +12,7 @@
 //!   read from a Qwen2 or Llama `config.json` or from GGUF metadata.
 //! - [`loading`]: a checkpoint directory (`model.safetensors` or a sharded index, memory-mapped)
 //!   or a GGUF file ([`gguf`], dequantized tensor by tensor), converted layer by layer, with
-//!   clear errors; also builds stock's model for A/B runs ([`reference`]). [`files`] refuses a
+//!   clear errors; also builds stock's model for A/B runs ([`mod@reference`]). [`files`] refuses a
 //!   path that is not a regular file (a FIFO would block the read) before it is opened.
 //! - [`synthetic`]: seeded offline checkpoints (config, weights, tokenizer) at preset sizes.
 //! - [`chat`]: a model's own chat template (Hugging Face's Jinja, from `tokenizer_config.json`
