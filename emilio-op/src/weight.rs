@@ -520,6 +520,57 @@ impl LogWeight {
         self.format.is_lns().then_some(&self.signs)
     }
 
+    /// Rows `rows` of the weight as stored, as plain `f32` values `(rows.len(), in)` on the
+    /// CPU, read in place (nothing else is copied): an embedding lookup served from the codes.
+    /// Only for the lns formats on the CPU (the float formats keep their plain table).
+    pub fn dequantize_rows(&self, rows: &[u32]) -> Result<Tensor> {
+        use candle_core::{CpuStorage, Storage};
+        let (out_dim, in_dim) = self.dims();
+        if !self.format.is_lns() {
+            bail!(
+                "dequantize_rows reads lns codes; a {} weight has none",
+                self.format
+            );
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= out_dim) {
+            bail!("row {r} is past the weight's {out_dim} rows");
+        }
+        let (codes, cl) = self.magnitudes.storage_and_layout();
+        let (offsets, ol) = self.signs.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::U8(c)), Storage::Cpu(CpuStorage::F16(o))) =
+            (&*codes, &*offsets)
+        else {
+            bail!("dequantize_rows needs the weight on the CPU: lns formats run there only");
+        };
+        let (c, o) = (&c[cl.start_offset()..], &o[ol.start_offset()..]);
+        let groups = lns::groups_per_row(in_dim);
+        let mut values = Vec::with_capacity(rows.len() * in_dim);
+        for &r in rows {
+            let r = r as usize;
+            for col in 0..in_dim {
+                let g = col / lns::LNS8_GROUP;
+                let v = match (self.format, self.exp) {
+                    (WeightFormat::Lns8, _) => {
+                        lns::decode_value(c[r * in_dim + col], o[r * groups + g])
+                    }
+                    (_, ExpMode::Table) => {
+                        let (b, rr) = (r / lns::TABLE_ROWS, r % lns::TABLE_ROWS);
+                        let offset = o[(b * groups + g) * lns::TABLE_ROWS + rr];
+                        let code = lns::lns4_table_code(c, in_dim, r, col);
+                        lns::decode_value4(code, offset, self.step)
+                    }
+                    _ => {
+                        let per_row = lns::lns4_bytes_per_row(in_dim);
+                        let code = lns::lns4_code(&c[r * per_row..(r + 1) * per_row], col);
+                        lns::decode_value4(code, o[r * groups + g], self.step)
+                    }
+                };
+                values.push(v as f32);
+            }
+        }
+        Tensor::from_vec(values, (rows.len(), in_dim), &Device::Cpu)
+    }
+
     /// The weight as stored, as plain `f32` values `(out, in)` on the CPU: what the op
     /// multiplies by, so that a reference can tell the format's error from the op's.
     pub fn dequantize(&self) -> Result<Tensor> {

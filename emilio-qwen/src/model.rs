@@ -28,7 +28,9 @@ use std::sync::Arc;
 
 use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Activation, RmsNorm, VarBuilder};
-use emilio_op::{log_linear_no_bias, log_matmul_with, ExpMode, LogConfig, LogLinear, WeightFormat};
+use emilio_op::{
+    log_linear_no_bias, log_matmul_with, ExpMode, LogConfig, LogLinear, LogWeight, WeightFormat,
+};
 
 use crate::config::{Architecture, Config, RopeScaling};
 
@@ -407,10 +409,46 @@ impl DecoderLayer {
     }
 }
 
+/// The token embedding. For `f32`/`f16` log weights stock's plain table (a lookup, not a
+/// product). For the lns formats the table is held as codes like every other weight and a
+/// lookup decodes its rows (`LogWeight::dequantize_rows`): the format's error then applies to
+/// the embedding as well, and a tied head shares the codes, so the model holds the table once,
+/// at the format's bits per weight.
+#[derive(Debug, Clone)]
+enum TokenEmbedding {
+    Plain(candle_nn::Embedding),
+    Codes { weight: LogWeight, dtype: DType },
+}
+
+impl TokenEmbedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Plain(e) => e.forward(ids),
+            Self::Codes { weight, dtype } => {
+                let mut dims = ids.dims().to_vec();
+                let flat = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                dims.push(weight.dims().1);
+                weight
+                    .dequantize_rows(&flat)?
+                    .to_dtype(*dtype)?
+                    .to_device(ids.device())?
+                    .reshape(dims)
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Plain(e) => tensor_bytes(e.embeddings()),
+            Self::Codes { weight, .. } => weight.size_in_bytes(),
+        }
+    }
+}
+
 /// The Qwen2 decoder stack (embedding, layers, final norm), as stock's `qwen2::Model`.
 #[derive(Debug, Clone)]
 pub struct Model {
-    embed_tokens: candle_nn::Embedding,
+    embed_tokens: TokenEmbedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     sliding_window: usize,
@@ -431,8 +469,21 @@ impl Model {
     /// right away, so at no point are all plain weights held at once.
     pub fn new_with_options(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
         let vb_m = vb.pp("model");
-        let embed_tokens =
-            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb_m.pp("embed_tokens"))?;
+        let embed_tokens = if opts.weight_format.is_lns() {
+            let table = on_cpu(&vb_m)
+                .pp("embed_tokens")
+                .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+            TokenEmbedding::Codes {
+                weight: LogWeight::from_tensor(&table, opts.log_config())?,
+                dtype: vb.dtype(),
+            }
+        } else {
+            TokenEmbedding::Plain(candle_nn::embedding(
+                cfg.vocab_size,
+                cfg.hidden_size,
+                vb_m.pp("embed_tokens"),
+            )?)
+        };
         let rotary_emb = Arc::new(RotaryEmbedding::new(vb.dtype(), cfg, vb_m.device())?);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let vb_l = vb_m.pp("layers");
@@ -544,9 +595,13 @@ impl Model {
         }
     }
 
-    /// The token embedding table (kept plain: a lookup, not a product).
-    pub fn embed_tokens(&self) -> &candle_nn::Embedding {
-        &self.embed_tokens
+    /// The plain token embedding table (`f32`/`f16` log weights; the lns formats hold it as
+    /// codes, and this is `None`).
+    pub fn embed_tokens(&self) -> Option<&candle_nn::Embedding> {
+        match &self.embed_tokens {
+            TokenEmbedding::Plain(e) => Some(e),
+            TokenEmbedding::Codes { .. } => None,
+        }
     }
 
     /// Bytes held by the log-domain weights of all layers (magnitudes and sign bits).
@@ -576,7 +631,7 @@ impl Model {
                     + norm_bytes(&l.post_attention_layernorm)
             })
             .sum();
-        tensor_bytes(self.embed_tokens.embeddings()) + norm_bytes(&self.norm) + rotary + layers
+        self.embed_tokens.bytes() + norm_bytes(&self.norm) + rotary + layers
     }
 }
 
@@ -665,6 +720,8 @@ fn check_positions(seq_len: usize, seqlen_offset: usize, max_positions: usize) -
 pub struct ModelForCausalLM {
     base_model: Model,
     lm_head: LogLinear,
+    /// The head is the embedding (no `lm_head.weight`).
+    tied: bool,
 }
 
 impl ModelForCausalLM {
@@ -677,10 +734,12 @@ impl ModelForCausalLM {
     /// Builds the model from `vb` with the given options.
     ///
     /// As stock: `lm_head.weight` is used when `vb` has it, otherwise the head is tied to
-    /// `model.embed_tokens` (converted to the log domain; the plain table stays for the lookup).
+    /// `model.embed_tokens` (converted to the log domain; the plain table stays for the lookup,
+    /// except in the lns formats, whose lookup reads the head's codes).
     pub fn new_with_options(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
         let base_model = Model::new_with_options(cfg, vb.clone(), opts)?;
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
+        let tied = !vb.contains_tensor("lm_head.weight");
+        let lm_head = if !tied {
             log_linear_no_bias(
                 cfg.hidden_size,
                 cfg.vocab_size,
@@ -688,15 +747,20 @@ impl ModelForCausalLM {
                 vb.pp("lm_head"),
             )?
         } else {
-            LogLinear::from_weights(
-                base_model.embed_tokens.embeddings(),
-                None,
-                opts.log_config(),
-            )?
+            match &base_model.embed_tokens {
+                TokenEmbedding::Plain(e) => {
+                    LogLinear::from_weights(e.embeddings(), None, opts.log_config())?
+                }
+                // The codes the lookup reads are the head's weight: one copy.
+                TokenEmbedding::Codes { weight, .. } => {
+                    LogLinear::new(weight.to_device(vb.device())?, None)
+                }
+            }
         };
         Ok(Self {
             base_model,
             lm_head,
+            tied,
         })
     }
 
@@ -741,6 +805,11 @@ impl ModelForCausalLM {
         &self.base_model
     }
 
+    /// The head (tied or not).
+    pub fn lm_head(&self) -> &LogLinear {
+        &self.lm_head
+    }
+
     /// Bytes held by all log-domain weights, the head included: what a decode step reads.
     pub fn log_weight_bytes(&self) -> usize {
         self.base_model.log_weight_bytes() + self.lm_head.weight().size_in_bytes()
@@ -749,6 +818,11 @@ impl ModelForCausalLM {
     /// Bytes of every tensor the model holds once loaded ([`Model::memory_bytes`] and the
     /// head): what loading it must cost at least.
     pub fn memory_bytes(&self) -> usize {
-        self.base_model.memory_bytes() + linear_bytes(&self.lm_head)
+        // A tied head in an lns format is the embedding's codes: held once.
+        let shared = match &self.base_model.embed_tokens {
+            TokenEmbedding::Codes { weight, .. } if self.tied => weight.size_in_bytes(),
+            _ => 0,
+        };
+        self.base_model.memory_bytes() + linear_bytes(&self.lm_head) - shared
     }
 }
