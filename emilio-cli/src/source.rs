@@ -99,8 +99,15 @@ impl ModelFiles {
 }
 
 /// The model the command-line options name: [`resolve`] of `--model`, `--revision`, `--gguf`.
+///
+/// What the checkpoint notes about how its files are read (a context capped, a head ignored)
+/// goes to stderr as warnings: a model run otherwise than its files say is never silent.
 pub fn open(args: &ModelArgs) -> Result<ModelFiles> {
-    resolve(&args.model, args.revision.as_deref(), args.gguf.as_deref())
+    let files = resolve(&args.model, args.revision.as_deref(), args.gguf.as_deref())?;
+    for note in &files.checkpoint.notes {
+        eprintln!("warning: {note}");
+    }
+    Ok(files)
 }
 
 /// Resolves `--model` (and `--gguf`, `--revision`):
