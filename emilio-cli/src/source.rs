@@ -62,7 +62,35 @@ impl ModelFiles {
                 self.checkpoint.config_path.display()
             )
         }
+        // Ids the model can emit but the tokenizer has no text for decode to nothing in
+        // `tokenizers`; they are shown as placeholders (`crate::stream::decode`), and a gap
+        // larger than padding is said at load. Checkpoints pad the embedding table to a
+        // multiple of 64 rows or more (Qwen2.5: 151936 rows, 151665 tokens): that alone is
+        // not worth a warning on every run.
+        let tokens = tokenizer
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize + 1);
+        let padding = vocab.is_multiple_of(64) && vocab - tokens < 1024;
+        if vocab > tokens && !padding {
+            eprintln!(
+                "warning: the model has {vocab} embeddings (vocab_size in {}) but the tokenizer \
+                 {source} only {tokens} tokens: ids {tokens} and above have no text and are \
+                 printed as <|unknown id N|>",
+                self.checkpoint.config_path.display()
+            );
+        }
         Ok(tokenizer)
+    }
+
+    /// Where the tokenizer is read from, for messages: `tokenizer.json`, or the GGUF file.
+    pub fn tokenizer_source(&self) -> String {
+        match (&self.tokenizer_path, &self.checkpoint.gguf) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some(gguf)) => gguf.path().display().to_string(),
+            (None, None) => self.label.clone(),
+        }
     }
 
     /// The model's own chat template: from `tokenizer_config.json` when the model has one,

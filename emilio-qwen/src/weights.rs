@@ -244,7 +244,9 @@ fn why_expected(name: &str, config: &Config, source: &str) -> String {
             config.architecture
         )
     } else if name == HEAD {
-        format!(": {source} has tie_word_embeddings = false, so the checkpoint must hold its own head")
+        format!(
+            ": {source} has tie_word_embeddings = false, so the checkpoint must hold its own head"
+        )
     } else {
         String::new()
     }
@@ -348,7 +350,9 @@ pub fn read_safetensors_header(file: &Path) -> Result<Vec<(String, TensorEntry)>
             })
             .ok_or_else(|| bad("has no data_offsets [begin, end]"))?;
         let Some(bits) = dtype_bits(&dtype) else {
-            return Err(bad(&format!("has dtype {dtype:?}, which safetensors does not define")));
+            return Err(bad(&format!(
+                "has dtype {dtype:?}, which safetensors does not define"
+            )));
         };
         let bytes = shape
             .iter()

@@ -536,7 +536,10 @@ fn config_sizes_are_held_to_the_weights() {
         (
             "num_hidden_layers",
             serde_json::json!(layers - 1),
-            vec![format!("{layers} layers"), format!("model.layers.{}", layers - 1)],
+            vec![
+                format!("{layers} layers"),
+                format!("model.layers.{}", layers - 1),
+            ],
         ),
         (
             "hidden_size",
@@ -724,8 +727,11 @@ fn rewrite_gguf(
         .iter()
         .map(|(k, v)| (k.as_str(), v))
         .collect();
-    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
-        names.iter().map(|n| n.as_str()).zip(tensors.iter()).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> = names
+        .iter()
+        .map(|n| n.as_str())
+        .zip(tensors.iter())
+        .collect();
     let mut out = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut out, &md, &ts).unwrap();
 }
@@ -744,10 +750,26 @@ fn gguf_sizes_are_held_to_its_tensors() {
     let layers = spec.config().unwrap().num_hidden_layers;
     let original = std::fs::read(&path).unwrap();
     let cases: Vec<(&str, V, String)> = vec![
-        ("qwen2.block_count", V::U32(1_000_000_000), format!("qwen2.block_count is 1000000000, but the weights say {layers} layers")),
-        ("qwen2.block_count", V::U32(layers as u32 - 1), format!("{layers} layers")),
-        ("qwen2.feed_forward_length", V::U32(999), "qwen2.feed_forward_length 999".into()),
-        ("qwen2.vocab_size", V::U32(1 << 30), "model.embed_tokens.weight".into()),
+        (
+            "qwen2.block_count",
+            V::U32(1_000_000_000),
+            format!("qwen2.block_count is 1000000000, but the weights say {layers} layers"),
+        ),
+        (
+            "qwen2.block_count",
+            V::U32(layers as u32 - 1),
+            format!("{layers} layers"),
+        ),
+        (
+            "qwen2.feed_forward_length",
+            V::U32(999),
+            "qwen2.feed_forward_length 999".into(),
+        ),
+        (
+            "qwen2.vocab_size",
+            V::U32(1 << 30),
+            "model.embed_tokens.weight".into(),
+        ),
         ("general.alignment", V::U32(0), "power of two".into()),
         ("qwen2.context_length", V::U64(u64::MAX), String::new()),
     ];
@@ -763,7 +785,11 @@ fn gguf_sizes_are_held_to_its_tensors() {
                 c.config.max_position_embeddings,
                 emilio_qwen::config::MAX_CONTEXT
             );
-            assert!(c.notes.join(" ").contains("qwen2.context_length"), "{:?}", c.notes);
+            assert!(
+                c.notes.join(" ").contains("qwen2.context_length"),
+                "{:?}",
+                c.notes
+            );
             continue;
         }
         let e = expect_err(key, || Checkpoint::from_gguf(&path));

@@ -99,7 +99,9 @@ struct Scan<'a, R> {
 impl<R: Read + Seek> Scan<'_, R> {
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
         let mut b = [0u8; N];
-        self.reader.read_exact(&mut b).map_err(|_| self.truncated())?;
+        self.reader
+            .read_exact(&mut b)
+            .map_err(|_| self.truncated())?;
         Ok(b)
     }
 
@@ -142,13 +144,18 @@ impl<R: Read + Seek> Scan<'_, R> {
             return Ok(String::new());
         }
         let mut b = vec![0u8; len as usize];
-        self.reader.read_exact(&mut b).map_err(|_| self.truncated())?;
+        self.reader
+            .read_exact(&mut b)
+            .map_err(|_| self.truncated())?;
         Ok(String::from_utf8_lossy(&b).into_owned())
     }
 
     fn skip_value(&mut self, kind: u32, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
-            bail!("{}: its metadata nests arrays more than {MAX_DEPTH} deep", self.source)
+            bail!(
+                "{}: its metadata nests arrays more than {MAX_DEPTH} deep",
+                self.source
+            )
         }
         match fixed_size(kind) {
             Some(n) => self.skip(n),
