@@ -33,9 +33,7 @@ impl ModelFiles {
     /// name the file.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         let (tokenizer, source) = if let Some(path) = &self.tokenizer_path {
-            emilio_qwen::files::check_regular_file(path)?;
-            let tokenizer = Tokenizer::from_file(path)
-                .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()))?;
+            let tokenizer = emilio_qwen::tokenizer::from_file(path)?;
             (tokenizer, path.display().to_string())
         } else {
             match &self.checkpoint.gguf {
@@ -47,21 +45,9 @@ impl ModelFiles {
                 None => bail!("{} has no tokenizer", self.label),
             }
         };
-        // An id past the model's embedding table would fail deep in the first forward pass
-        // ("index-select invalid index"), naming neither file.
         let vocab = self.checkpoint.config.vocab_size;
-        if let Some((token, id)) = tokenizer
-            .get_vocab(true)
-            .into_iter()
-            .filter(|&(_, id)| id as usize >= vocab)
-            .max_by_key(|&(_, id)| id)
-        {
-            bail!(
-                "the tokenizer {source} has token {token:?} with id {id}, but the model has \
-                 {vocab} embeddings (vocab_size in {}): the tokenizer belongs to another model",
-                self.checkpoint.config_path.display()
-            )
-        }
+        let config_source = self.checkpoint.config_path.display().to_string();
+        emilio_qwen::tokenizer::check_ids(&tokenizer, &source, vocab, &config_source)?;
         // Ids the model can emit but the tokenizer has no text for decode to nothing in
         // `tokenizers`; they are shown as placeholders (`crate::stream::decode`), and a gap
         // larger than padding is said at load. Checkpoints pad the embedding table to a

@@ -171,7 +171,10 @@ impl GgufFile {
         let context = required("context_length")?;
         let vocab = match count("vocab_size")? {
             Some(v) => v,
-            None => self.tensor_shape("token_embd.weight")?.dims()[0],
+            None => match self.tensor_shape("token_embd.weight")?.dims() {
+                [rows, _] => *rows,
+                dims => bail!("{src}: token_embd.weight has shape {dims:?}, not (vocabulary, hidden)"),
+            },
         };
         let config = Config {
             architecture: self.architecture,

@@ -23,6 +23,7 @@
 //! naming the key and the file.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{bail, Error, Result};
@@ -641,4 +642,36 @@ pub fn gguf_metadata(tokenizer: &Tokenizer, pre: &str) -> Result<Vec<(String, Va
         (TOKEN_TYPE_KEY.to_string(), Value::Array(types)),
         (MERGES_KEY.to_string(), Value::Array(merges)),
     ])
+}
+
+/// Reads a Hugging Face `tokenizer.json`; errors name the file (missing, not a regular file, not
+/// a tokenizer).
+pub fn from_file(path: &Path) -> Result<Tokenizer> {
+    crate::files::check_regular_file(path)?;
+    Tokenizer::from_file(path)
+        .map_err(|e| Error::msg(format!("cannot read tokenizer {}: {e}", path.display())))
+}
+
+/// Errors when `tokenizer` (read from `source`) has an id past the model's `vocab_size`
+/// embeddings (read from `config_source`): it would fail deep in the first forward pass
+/// ("index-select invalid index"), naming neither file.
+pub fn check_ids(
+    tokenizer: &Tokenizer,
+    source: &str,
+    vocab_size: usize,
+    config_source: &str,
+) -> Result<()> {
+    if let Some((token, id)) = tokenizer
+        .get_vocab(true)
+        .into_iter()
+        .filter(|&(_, id)| id as usize >= vocab_size)
+        .max_by_key(|&(_, id)| id)
+    {
+        bail!(
+            "the tokenizer {source} has token {token:?} with id {id}, but the model has \
+             {vocab_size} embeddings (vocab_size in {config_source}): the tokenizer belongs to \
+             another model"
+        )
+    }
+    Ok(())
 }
