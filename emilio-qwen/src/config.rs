@@ -464,8 +464,7 @@ fn llama_config(value: Value, source: &str) -> Result<Config> {
         }
     }
     if let Some(head_dim) = usize_field("head_dim")? {
-        if num_attention_heads > 0
-            && head_dim.checked_mul(num_attention_heads) != Some(hidden_size)
+        if num_attention_heads > 0 && head_dim.checked_mul(num_attention_heads) != Some(hidden_size)
         {
             bail!(
                 "{source}: head_dim {head_dim} is not hidden_size {hidden_size} / \

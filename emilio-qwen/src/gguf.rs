@@ -173,7 +173,9 @@ impl GgufFile {
             Some(v) => v,
             None => match self.tensor_shape("token_embd.weight")?.dims() {
                 [rows, _] => *rows,
-                dims => bail!("{src}: token_embd.weight has shape {dims:?}, not (vocabulary, hidden)"),
+                dims => {
+                    bail!("{src}: token_embd.weight has shape {dims:?}, not (vocabulary, hidden)")
+                }
             },
         };
         let config = Config {

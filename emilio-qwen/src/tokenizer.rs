@@ -646,10 +646,18 @@ pub fn gguf_metadata(tokenizer: &Tokenizer, pre: &str) -> Result<Vec<(String, Va
 
 /// Reads a Hugging Face `tokenizer.json`; errors name the file (missing, not a regular file, not
 /// a tokenizer).
+///
+/// The text is checked to be JSON before `tokenizers` reads it: its decoder deserializer
+/// `expect`s on a syntax error inside the `decoder` value (a truncated file panicked, found by
+/// fuzzing `tests/fuzz`), and well-formed JSON never reaches that panic (any value is accepted
+/// there, as the legacy form).
 pub fn from_file(path: &Path) -> Result<Tokenizer> {
     crate::files::check_regular_file(path)?;
-    Tokenizer::from_file(path)
-        .map_err(|e| Error::msg(format!("cannot read tokenizer {}: {e}", path.display())))
+    let fail = |why: String| Error::msg(format!("cannot read tokenizer {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| fail(format!("it is not valid JSON: {e}")))?;
+    text.parse::<Tokenizer>().map_err(|e| fail(e.to_string()))
 }
 
 /// Errors when `tokenizer` (read from `source`) has an id past the model's `vocab_size`

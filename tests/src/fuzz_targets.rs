@@ -240,7 +240,10 @@ fn micro_tokenizer() -> tokenizers::Tokenizer {
         "tokenizer.ggml.model".to_string(),
         Gguf::String("gpt2".into()),
     );
-    md.insert("tokenizer.ggml.pre".to_string(), Gguf::String("qwen2".into()));
+    md.insert(
+        "tokenizer.ggml.pre".to_string(),
+        Gguf::String("qwen2".into()),
+    );
     md.insert(
         "tokenizer.ggml.token_type".to_string(),
         Gguf::Array(
@@ -294,7 +297,10 @@ fn write_micro_gguf(path: &Path, tensors: &[(String, Tensor)]) {
         .map(|(name, t)| {
             let gguf = emilio_qwen::gguf::hf_to_gguf_name(name).expect("a GGUF name");
             let t = t.to_dtype(DType::F32).expect("f32");
-            (gguf, QTensor::quantize(&t, GgmlDType::F32).expect("f32 qtensor"))
+            (
+                gguf,
+                QTensor::quantize(&t, GgmlDType::F32).expect("f32 qtensor"),
+            )
         })
         .collect();
     let md_refs: Vec<(&str, &Gguf)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();

@@ -10,7 +10,7 @@
 //! `catch_unwind` and reported with the input, saved to a file), a hang (a watchdog aborts a
 //! case after [`HANG_SECS`], naming the saved input), or an allocation beyond
 //! [`bound`]`(input) = 64 MiB + 16 × input size`, single or live at once, which the counting
-//! `#[global_allocator]` below measures. The cases run one at a time (a lock) so that the
+//! `#[global_allocator]` below measures. The tests run one at a time (a lock) so that the
 //! process's allocations are the case's.
 //!
 //! Bounds: `EMILIO_FUZZ_CASES` proptest cases per target (default 200) and `EMILIO_FUZZ_SECS`
@@ -126,10 +126,21 @@ fn save_input(target: Target, data: &[u8]) -> PathBuf {
     path
 }
 
-/// Runs one input through `target` and checks the invariant; `Err` says what broke it, with the
+/// Holds every other test of this binary off: the allocation counters are process-wide, so a
+/// test measures only while no other runs (each takes this first).
+///
+/// It also turns backtraces off (`RUST_BACKTRACE=0`) before any error is made: with them on,
+/// each Candle error captures one, and formatting it into a message symbolises it, ~170 MB of
+/// debug information that measures the test's environment, not the loader.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static NO_BACKTRACES: std::sync::Once = std::sync::Once::new();
+    NO_BACKTRACES.call_once(|| std::env::set_var("RUST_BACKTRACE", "0"));
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one input through `target` and checks the invariant (the caller holds [`serial`]); `Err` says what broke it, with the
 /// input saved to a file.
 fn check(target: Target, data: &[u8]) -> Result<(), String> {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let epoch = watchdog_epoch();
     let input = save_input(target, data);
     *CASE_INPUT.lock().unwrap() = Some(input.clone());
@@ -166,7 +177,11 @@ fn check(target: Target, data: &[u8]) -> Result<(), String> {
             let _ = std::fs::remove_file(&input);
             Ok(())
         }
-        Some(why) => Err(format!("{}: {why} (input: {})", target.name(), input.display())),
+        Some(why) => Err(format!(
+            "{}: {why} (input: {})",
+            target.name(),
+            input.display()
+        )),
     }
 }
 
@@ -195,6 +210,7 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 /// Replays the seed, the corpus and the regressions of `target`. With `EMILIO_FUZZ_WRITE_SEEDS`
 /// set, first writes the seed to `tests/fuzz/corpus/TARGET/seed` (how the corpus starts).
 fn replay(target: Target) {
+    let _serial = serial();
     if std::env::var_os("EMILIO_FUZZ_WRITE_SEEDS").is_some() {
         let dir = fuzz_dir().join("corpus").join(target.name());
         std::fs::create_dir_all(&dir).unwrap();
@@ -207,7 +223,11 @@ fn replay(target: Target) {
             inputs.push(std::fs::read(&file).unwrap());
         }
     }
-    assert!(inputs.len() > 1, "{}: no corpus in tests/fuzz", target.name());
+    assert!(
+        inputs.len() > 1,
+        "{}: no corpus in tests/fuzz",
+        target.name()
+    );
     for data in &inputs {
         if let Err(e) = check(target, data) {
             failures.push(e);
@@ -264,7 +284,10 @@ fn hostile_value() -> impl Strategy<Value = Value> {
         Just(serde_json::json!({})),
         Just(serde_json::json!([u64::MAX, -1, 1e300])),
         // Deeper than serde_json's recursion limit.
-        Just(serde_json::from_str(&format!("{}{}", "[".repeat(200), "]".repeat(200))).unwrap_or(Value::Null)),
+        Just(
+            serde_json::from_str(&format!("{}{}", "[".repeat(200), "]".repeat(200)))
+                .unwrap_or(Value::Null)
+        ),
         any::<i64>().prop_map(Value::from),
         "[a-z<|>./]{0,12}".prop_map(Value::from),
     ]
@@ -385,6 +408,7 @@ fn env_or(key: &str, default: u64) -> u64 {
 
 /// Up to `EMILIO_FUZZ_CASES` mutations of `target`'s seed, for at most `EMILIO_FUZZ_SECS`.
 fn mutate(target: Target) {
+    let _serial = serial();
     let cases = env_or("EMILIO_FUZZ_CASES", 200) as u32;
     let budget = Duration::from_secs(env_or("EMILIO_FUZZ_SECS", 4));
     let seed = target.seed();
@@ -435,7 +459,7 @@ fn gguf_survives_hostile_mutations() {
 /// The seeds are valid files that load, so that mutations start from the whole path.
 #[test]
 fn the_seeds_load() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     for target in Target::ALL {
         if let Err(e) = target.load(&target.seed()) {
             panic!("{}: the seed does not load: {e}", target.name());
@@ -446,7 +470,7 @@ fn the_seeds_load() {
 /// The bound is enforced: a target that allocates past it is reported, not passed.
 #[test]
 fn the_allocation_bound_catches_a_large_allocation() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     LARGEST.store(0, Ordering::Relaxed);

@@ -73,14 +73,13 @@ pub fn check_tensors(content: &Content, file_size: u64, source: &str) -> Result<
                 info.ggml_dtype
             )
         }
-        let bytes = (elems / block) as u64 * block_bytes as u64;
+        let bytes = ((elems / block) as u64).checked_mul(block_bytes as u64);
         let start = content.tensor_data_offset.checked_add(info.offset);
-        match start.and_then(|s| s.checked_add(bytes)) {
+        match start.zip(bytes).and_then(|(s, b)| s.checked_add(b)) {
             Some(end) if end <= file_size => {}
             _ => bail!(
-                "{source}: tensor {name} ({dims:?}, {:?}, {bytes} bytes at offset {} of the data) \
-                 runs past the end of the file ({file_size} bytes): the file is truncated or \
-                 corrupt",
+                "{source}: tensor {name} ({dims:?}, {:?}, at offset {} of the data) runs past the \
+                 end of the file ({file_size} bytes): the file is truncated or corrupt",
                 info.ggml_dtype,
                 info.offset
             ),
