@@ -779,7 +779,30 @@ impl ModelForCausalLM {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synthetic::{Preset, SyntheticSpec};
+
+    /// Four heads of 16 (the tiny preset's shape), written out: the model is below the
+    /// synthetic checkpoints, which must not be imported from here.
+    fn config(architecture: Architecture) -> Config {
+        Config {
+            architecture,
+            vocab_size: 512,
+            hidden_size: 64,
+            intermediate_size: 160,
+            num_hidden_layers: 1,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            max_position_embeddings: 10_000,
+            sliding_window: 10_000,
+            max_window_layers: 1,
+            tie_word_embeddings: true,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-6,
+            use_sliding_window: false,
+            hidden_act: Activation::Silu,
+            attention_bias: architecture == Architecture::Qwen2,
+            rope_scaling: None,
+        }
+    }
 
     /// A table grown on demand holds, at every position, what stock's table for the whole
     /// context holds, bit for bit (each entry is one product, whatever the length).
@@ -788,9 +811,7 @@ mod tests {
         let dev = Device::Cpu;
         for arch in [Architecture::Qwen2, Architecture::Llama] {
             for dtype in [DType::F32, DType::BF16, DType::F16] {
-                let mut cfg = SyntheticSpec::new(Preset::Tiny).config()?;
-                cfg.architecture = arch;
-                cfg.max_position_embeddings = 10_000;
+                let cfg = config(arch);
                 let (sin, cos) = RotaryEmbedding::tables(dtype, &cfg, &dev, 10_000)?;
                 let mut grown = RotaryEmbedding::new(dtype, &cfg, &dev)?;
                 assert_eq!(grown.len, ROTARY_INITIAL_POSITIONS);

@@ -166,7 +166,7 @@ impl<R: Read + Seek> Scan<'_, R> {
                 let inner = self.u32()?;
                 let len = self.u64()?;
                 match fixed_size(inner) {
-                    Some(n) => self.skip(len.checked_mul(n).unwrap_or(u64::MAX)),
+                    Some(n) => self.skip(len.saturating_mul(n)),
                     None => {
                         // Each element takes at least 8 bytes (a length or a type and a length).
                         let here = self.reader.stream_position()?;
