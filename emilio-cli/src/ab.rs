@@ -138,6 +138,12 @@ pub fn run(args: &AbArgs) -> Result<()> {
         &files.tokenizer_source(),
     )?;
     let n = fit_context(prompt.len(), args.max_tokens, files.max_positions())?.max(1);
+    crate::memory::check_kv_cache(
+        &files.checkpoint.config,
+        prompt.len() + n,
+        args.model.dtype.dtype(),
+        2,
+    )?;
     // `--no-stop`: a fixed number of compared positions, past any end of the reply.
     let stops = match args.no_stop {
         true => Vec::new(),

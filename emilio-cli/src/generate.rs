@@ -25,6 +25,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let stops = files.stop_tokens(&tokenizer)?;
     let (mut model, load) = Runner::load(&files, args.backend, &args.model, &device)?;
     let max_tokens = fit_context(prompt.len(), args.max_tokens, model.max_positions(&files))?;
+    crate::memory::check_kv_cache(
+        &files.checkpoint.config,
+        prompt.len() + max_tokens,
+        args.model.dtype.dtype(),
+        1,
+    )?;
 
     let mut generator =
         Generator::new(&mut model, sampler(&args.sampling), &device).with_stop_tokens(stops);
