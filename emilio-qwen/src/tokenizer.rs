@@ -655,9 +655,56 @@ pub fn from_file(path: &Path) -> Result<Tokenizer> {
     crate::files::check_regular_file(path)?;
     let fail = |why: String| Error::msg(format!("cannot read tokenizer {}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&text)
-        .map_err(|e| fail(format!("it is not valid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("it is not valid JSON: {e}")))?;
+    check_bpe_merges(&value).map_err(fail)?;
+    drop(value);
     text.parse::<Tokenizer>().map_err(|e| fail(e.to_string()))
+}
+
+/// `tokenizers` builds a BPE model's merge table by copying each merge's two tokens into a
+/// buffer as long as the longest vocabulary token, and slices the continuing-subword prefix off
+/// the second without looking: a merge whose result is not in the vocabulary panics (an index
+/// out of range, found by fuzzing), where it means to return an error. The same rule is checked
+/// here first: both tokens and their merge (the second without the prefix, which it must start
+/// with) are vocabulary tokens.
+fn check_bpe_merges(tokenizer: &serde_json::Value) -> std::result::Result<(), String> {
+    use serde_json::Value as J;
+    let model = &tokenizer["model"];
+    let (Some(J::Object(vocab)), Some(J::Array(merges))) =
+        (model.get("vocab"), model.get("merges"))
+    else {
+        return Ok(());
+    };
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    for (i, merge) in merges.iter().enumerate() {
+        let (a, b) = match merge {
+            J::String(m) => match m.split_once(' ') {
+                Some(pair) => pair,
+                None => return Ok(()), // tokenizers refuses it with its own error
+            },
+            J::Array(pair) => match pair.as_slice() {
+                [J::String(a), J::String(b)] => (a.as_str(), b.as_str()),
+                _ => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let Some(rest) = b.strip_prefix(prefix) else {
+            return Err(format!(
+                "merge {i} ({a:?}, {b:?}): the second token does not start with the \
+                 continuing_subword_prefix {prefix:?}"
+            ));
+        };
+        let merged = format!("{a}{rest}");
+        for token in [a, b, merged.as_str()] {
+            if !vocab.contains_key(token) {
+                return Err(format!(
+                    "merge {i} ({a:?}, {b:?}) needs {token:?}, which its vocabulary lacks"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Errors when `tokenizer` (read from `source`) has an id past the model's `vocab_size`
