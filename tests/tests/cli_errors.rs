@@ -317,7 +317,13 @@ fn a_tokenizer_with_ids_past_the_vocabulary_is_named() {
     let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     cfg["vocab_size"] = Value::from(200);
     std::fs::write(&path, cfg.to_string()).unwrap();
-    // The weights no longer fit the config either; the tokenizer is checked first, naming it.
+    // The config alone no longer fits the weights (that is refused before the tokenizer is
+    // read): cut the (tied) embedding to the 200 rows too, so that only the tokenizer is wrong.
+    let weights = dir.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let embed = t["model.embed_tokens.weight"].narrow(0, 0, 200).unwrap();
+    t.insert("model.embed_tokens.weight".into(), embed);
+    candle_core::safetensors::save(&t, &weights).unwrap();
     sb.run(["generate", "--model", s(&dir), "--prompt", "hi"])
         .fails_with(&["tokenizer.json", "with id", "200 embeddings", "config.json"]);
 }
