@@ -124,8 +124,7 @@ fn run_model(
 }
 
 fn decode(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
-    tokenizer
-        .decode(tokens, false)
+    crate::stream::decode(tokenizer, tokens, false)
         .unwrap_or_else(|e| format!("<undecodable: {e}>"))
 }
 
@@ -134,8 +133,19 @@ pub fn run(args: &AbArgs) -> Result<()> {
     let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let template = files.chat_template()?;
-    let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;
+    let prompt = encode_prompt(
+        &tokenizer,
+        template.as_ref(),
+        &args.prompt,
+        &files.tokenizer_source(),
+    )?;
     let n = fit_context(prompt.len(), args.max_tokens, files.max_positions())?.max(1);
+    crate::memory::check_kv_cache(
+        &files.checkpoint.config,
+        prompt.len() + n,
+        args.model.dtype.dtype(),
+        2,
+    )?;
     // `--no-stop`: a fixed number of compared positions, past any end of the reply.
     let stops = match args.no_stop {
         true => Vec::new(),

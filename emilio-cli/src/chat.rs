@@ -37,14 +37,15 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let own = files.chat_template()?;
-    let template = chat_template(&tokenizer, own.as_ref()).ok_or_else(|| {
-        anyhow!(
-            "{} has no chat template (no chat_template in tokenizer_config.json) and its \
+    let template =
+        chat_template(&tokenizer, own.as_ref(), &files.tokenizer_source())?.ok_or_else(|| {
+            anyhow!(
+                "{} has no chat template (no chat_template in tokenizer_config.json) and its \
              tokenizer has no ChatML tokens: it is not a chat model. Use `emilio generate \
              --no-chat` to continue a text instead",
-            files.label
-        )
-    })?;
+                files.label
+            )
+        })?;
     let stops = files.stop_tokens(&tokenizer)?;
     let (mut model, load) = Runner::load(&files, args.backend, &args.model, &device)?;
     let context = model.max_positions(&files);
@@ -299,8 +300,7 @@ impl<M: CausalLM, S: Sampler> Chat<'_, M, S> {
     /// The text of `tokens` as the template gets it back: special tokens kept, so that the
     /// rendering of the reply is the text the cache holds.
     fn decode(&self, tokens: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(tokens, false)
+        crate::stream::decode(self.tokenizer, tokens, false)
             .map_err(|e| anyhow!("cannot decode the reply: {e}"))
     }
 }

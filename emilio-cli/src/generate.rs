@@ -16,10 +16,21 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let template = files.chat_template()?;
-    let prompt = encode_prompt(&tokenizer, template.as_ref(), &args.prompt)?;
+    let prompt = encode_prompt(
+        &tokenizer,
+        template.as_ref(),
+        &args.prompt,
+        &files.tokenizer_source(),
+    )?;
     let stops = files.stop_tokens(&tokenizer)?;
     let (mut model, load) = Runner::load(&files, args.backend, &args.model, &device)?;
     let max_tokens = fit_context(prompt.len(), args.max_tokens, model.max_positions(&files))?;
+    crate::memory::check_kv_cache(
+        &files.checkpoint.config,
+        prompt.len() + max_tokens,
+        args.model.dtype.dtype(),
+        1,
+    )?;
 
     let mut generator =
         Generator::new(&mut model, sampler(&args.sampling), &device).with_stop_tokens(stops);

@@ -20,8 +20,55 @@ pub fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Memory the system can give without swapping, in bytes (`MemAvailable`); `None` where it
+/// cannot be read (not Linux).
+pub fn available_bytes() -> Option<u64> {
+    kib_of("/proc/meminfo", "MemAvailable:").map(|k| k * 1024)
+}
+
+/// Errors, before a generation starts, when the KV caches of `models` models of `config` for
+/// `positions` positions in `dtype` would not fit in the memory available: a cache grows token
+/// by token, and running out half way aborts the process instead of saying why. Where the
+/// available memory cannot be read, nothing is checked.
+pub fn check_kv_cache(
+    config: &emilio_qwen::Config,
+    positions: usize,
+    dtype: candle_core::DType,
+    models: usize,
+) -> anyhow::Result<()> {
+    let per_position = 2
+        * config.num_hidden_layers
+        * config.num_key_value_heads
+        * config.head_dim()
+        * dtype.size_in_bytes()
+        * models;
+    match available_bytes() {
+        Some(available) => kv_cache_fits(per_position, positions, available),
+        None => Ok(()),
+    }
+}
+
+fn kv_cache_fits(per_position: usize, positions: usize, available: u64) -> anyhow::Result<()> {
+    let needed = (per_position as u64).saturating_mul(positions as u64);
+    if needed > available {
+        let fits = available / per_position.max(1) as u64;
+        anyhow::bail!(
+            "a KV cache of {positions} positions needs {:.1} GB ({per_position} bytes a \
+             position), more than the {:.1} GB this machine has available: generate at most \
+             about {fits} tokens in all (a smaller --max-tokens or prompt)",
+            needed as f64 / 1e9,
+            available as f64 / 1e9
+        )
+    }
+    Ok(())
+}
+
 fn status_kib(key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    kib_of("/proc/self/status", key)
+}
+
+fn kib_of(file: &str, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(file).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     line[key.len()..]
         .trim()
@@ -71,6 +118,19 @@ impl LoadMemory {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kv_cache_past_the_memory_is_refused_before_it_grows() {
+        kv_cache_fits(1000, 1000, 1_000_000).unwrap();
+        let e = kv_cache_fits(1000, 1001, 1_000_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1001 positions") && e.contains("about 1000 tokens"),
+            "{e}"
+        );
+        assert!(available_bytes().is_some_and(|b| b > 0));
+    }
 
     #[test]
     fn a_load_that_touches_memory_shows_in_the_peak() {

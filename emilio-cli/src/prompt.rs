@@ -14,12 +14,33 @@ use crate::cli::PromptArgs;
 
 /// The template that formats chat prompts for `tokenizer`: the model's own, else plain ChatML
 /// when the tokenizer has ChatML's tokens, else none (the text goes in raw).
-pub fn chat_template(tokenizer: &Tokenizer, own: Option<&ChatTemplate>) -> Option<ChatTemplate> {
-    match own {
-        Some(t) => Some(t.clone()),
-        None if tokenizer.token_to_id(IM_START).is_some() => Some(ChatTemplate::chatml()),
-        None => None,
+///
+/// Every special token the template writes ([`ChatTemplate::special_tokens`]) must be a token
+/// of the tokenizer (read from `tokenizer_source`, named in the error): otherwise its markup,
+/// `<|im_start|>` and the like, would be tokenized as plain text and the model would get a
+/// prompt it was never trained on, without a word.
+pub fn chat_template(
+    tokenizer: &Tokenizer,
+    own: Option<&ChatTemplate>,
+    tokenizer_source: &str,
+) -> Result<Option<ChatTemplate>> {
+    let template = match own {
+        Some(t) => t.clone(),
+        None if tokenizer.token_to_id(IM_START).is_some() => ChatTemplate::chatml(),
+        None => return Ok(None),
+    };
+    if let Some(missing) = template
+        .special_tokens()
+        .into_iter()
+        .find(|token| tokenizer.token_to_id(token).is_none())
+    {
+        bail!(
+            "the chat template writes {missing:?}, but the tokenizer {tokenizer_source} has no \
+             such token: the template's markup would reach the model as plain text. Use the \
+             model's own tokenizer, or `emilio generate --no-chat` to send the text as it is"
+        )
     }
+    Ok(Some(template))
 }
 
 /// The prompt's token ids: `--prompt` as the user's turn through `template` (the model's own,
@@ -29,6 +50,7 @@ pub fn encode_prompt(
     tokenizer: &Tokenizer,
     template: Option<&ChatTemplate>,
     args: &PromptArgs,
+    tokenizer_source: &str,
 ) -> Result<Vec<u32>> {
     if args.prompt.trim().is_empty() {
         bail!("the prompt is empty: pass some text with --prompt")
@@ -36,7 +58,7 @@ pub fn encode_prompt(
     let template = if args.no_chat {
         None
     } else {
-        chat_template(tokenizer, template)
+        chat_template(tokenizer, template, tokenizer_source)?
     };
     let text = match template {
         Some(template) => {

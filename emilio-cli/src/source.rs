@@ -33,9 +33,7 @@ impl ModelFiles {
     /// name the file.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         let (tokenizer, source) = if let Some(path) = &self.tokenizer_path {
-            emilio_qwen::files::check_regular_file(path)?;
-            let tokenizer = Tokenizer::from_file(path)
-                .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()))?;
+            let tokenizer = emilio_qwen::tokenizer::from_file(path)?;
             (tokenizer, path.display().to_string())
         } else {
             match &self.checkpoint.gguf {
@@ -47,22 +45,38 @@ impl ModelFiles {
                 None => bail!("{} has no tokenizer", self.label),
             }
         };
-        // An id past the model's embedding table would fail deep in the first forward pass
-        // ("index-select invalid index"), naming neither file.
         let vocab = self.checkpoint.config.vocab_size;
-        if let Some((token, id)) = tokenizer
+        let config_source = self.checkpoint.config_path.display().to_string();
+        emilio_qwen::tokenizer::check_ids(&tokenizer, &source, vocab, &config_source)?;
+        // Ids the model can emit but the tokenizer has no text for decode to nothing in
+        // `tokenizers`; they are shown as placeholders (`crate::stream::decode`), and a gap
+        // larger than padding is said at load. Checkpoints pad the embedding table to a
+        // multiple of 64 rows or more (Qwen2.5: 151936 rows, 151665 tokens): that alone is
+        // not worth a warning on every run.
+        let tokens = tokenizer
             .get_vocab(true)
-            .into_iter()
-            .filter(|&(_, id)| id as usize >= vocab)
-            .max_by_key(|&(_, id)| id)
-        {
-            bail!(
-                "the tokenizer {source} has token {token:?} with id {id}, but the model has \
-                 {vocab} embeddings (vocab_size in {}): the tokenizer belongs to another model",
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize + 1);
+        let padding = vocab.is_multiple_of(64) && vocab - tokens < 1024;
+        if vocab > tokens && !padding {
+            eprintln!(
+                "warning: the model has {vocab} embeddings (vocab_size in {}) but the tokenizer \
+                 {source} only {tokens} tokens: ids {tokens} and above have no text and are \
+                 printed as <|unknown id N|>",
                 self.checkpoint.config_path.display()
-            )
+            );
         }
         Ok(tokenizer)
+    }
+
+    /// Where the tokenizer is read from, for messages: `tokenizer.json`, or the GGUF file.
+    pub fn tokenizer_source(&self) -> String {
+        match (&self.tokenizer_path, &self.checkpoint.gguf) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some(gguf)) => gguf.path().display().to_string(),
+            (None, None) => self.label.clone(),
+        }
     }
 
     /// The model's own chat template: from `tokenizer_config.json` when the model has one,
@@ -99,8 +113,15 @@ impl ModelFiles {
 }
 
 /// The model the command-line options name: [`resolve`] of `--model`, `--revision`, `--gguf`.
+///
+/// What the checkpoint notes about how its files are read (a context capped, a head ignored)
+/// goes to stderr as warnings: a model run otherwise than its files say is never silent.
 pub fn open(args: &ModelArgs) -> Result<ModelFiles> {
-    resolve(&args.model, args.revision.as_deref(), args.gguf.as_deref())
+    let files = resolve(&args.model, args.revision.as_deref(), args.gguf.as_deref())?;
+    for note in &files.checkpoint.notes {
+        eprintln!("warning: {note}");
+    }
+    Ok(files)
 }
 
 /// Resolves `--model` (and `--gguf`, `--revision`):

@@ -237,6 +237,45 @@ impl ChatTemplate {
         template.render(ctx).map_err(render_error)
     }
 
+    /// The special tokens the template writes around messages: every `<|...|>` marker (no
+    /// spaces, at most 64 characters) and the BOS/EOS texts found in its renderings of a short
+    /// conversation (system, user, assistant, user, then a reply prompted; without the system
+    /// message when the template refuses one). A tokenizer must have each as one token, or the
+    /// markup reaches the model as plain text. Empty when no conversation renders.
+    pub fn special_tokens(&self) -> Vec<String> {
+        let with_system = [
+            Message::system("S"),
+            Message::user("U"),
+            Message::assistant("A"),
+            Message::user("V"),
+        ];
+        let text = [&with_system[..], &with_system[1..], &with_system[1..2]]
+            .iter()
+            .find_map(|messages| self.render(messages, true).ok())
+            .unwrap_or_default();
+        let mut found: Vec<String> = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("<|") {
+            let after = &rest[start + 2..];
+            match after.find("|>") {
+                Some(end) if end + 4 <= 64 && !after[..end].contains(char::is_whitespace) => {
+                    let marker = &rest[start..start + 2 + end + 2];
+                    if !found.iter().any(|f| f == marker) {
+                        found.push(marker.to_string());
+                    }
+                    rest = &after[end + 2..];
+                }
+                _ => rest = after,
+            }
+        }
+        for token in [self.bos_token(), self.eos_token()].into_iter().flatten() {
+            if !token.is_empty() && text.contains(token) && !found.iter().any(|f| f == token) {
+                found.push(token.to_string());
+            }
+        }
+        found
+    }
+
     /// Whether this is [`ChatTemplate::chatml`], the stand-in for a model without a template.
     pub fn is_fallback(&self) -> bool {
         self.fallback

@@ -122,7 +122,33 @@ impl From<qwen2::Config> for Config {
     }
 }
 
+/// The longest context a model is run with, whatever its configuration claims: 2²⁰ positions
+/// (the longest published Qwen2/Llama contexts, Qwen2.5-1M's 1 010 000, fit). Stock Candle
+/// computes its rotary tables for the whole context when it builds a model (about 0.8 GB at
+/// this length and a head dimension of 128), and a configuration is input: a
+/// `max_position_embeddings` of 2⁶³ would make those tables, and the KV cache that the limit
+/// bounds, grow without end.
+pub const MAX_CONTEXT: usize = 1 << 20;
+
 impl Config {
+    /// Caps `max_position_embeddings` at [`MAX_CONTEXT`] (returning a note that names the field
+    /// as `source` spells it, `field`, its value and `source`, when it did), and `sliding_window` at the context: a window at
+    /// least as long as the context masks nothing, so the capped one masks the same positions,
+    /// and the mask's `j + window` cannot overflow.
+    pub fn cap_context(&mut self, source: &str, field: &str) -> Option<String> {
+        let claimed = self.max_position_embeddings;
+        let note = (claimed > MAX_CONTEXT).then(|| {
+            self.max_position_embeddings = MAX_CONTEXT;
+            format!(
+                "{source}: {field} is {claimed}, more than any supported model \
+                 runs: the context is capped at {MAX_CONTEXT} positions (a longer generation is \
+                 an error)"
+            )
+        });
+        self.sliding_window = self.sliding_window.min(self.max_position_embeddings);
+        note
+    }
+
     /// The size of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
@@ -438,7 +464,8 @@ fn llama_config(value: Value, source: &str) -> Result<Config> {
         }
     }
     if let Some(head_dim) = usize_field("head_dim")? {
-        if num_attention_heads > 0 && head_dim * num_attention_heads != hidden_size {
+        if num_attention_heads > 0 && head_dim.checked_mul(num_attention_heads) != Some(hidden_size)
+        {
             bail!(
                 "{source}: head_dim {head_dim} is not hidden_size {hidden_size} / \
                  num_attention_heads {num_attention_heads}; models with a separate head \

@@ -27,6 +27,9 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Activation, VarBuilder};
 
 use crate::config::{Architecture, Config};
+use crate::weights::{TensorEntry, TensorTable};
+
+mod header;
 
 /// A GGUF file whose header (metadata and tensor table) has been read.
 #[derive(Debug)]
@@ -42,6 +45,8 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let mut file = open_file(&path)?;
+        let source = path.display().to_string();
+        header::prescan(&mut file, &source)?;
         let content = Content::read(&mut file).map_err(|e| {
             Error::msg(format!(
                 "{} is not a readable GGUF file ({e}); download it again, or pass a checkpoint \
@@ -66,6 +71,11 @@ impl GgufFile {
                 path.display()
             ),
         };
+        let size = file
+            .metadata()
+            .map_err(|e| Error::msg(format!("cannot read {source}: {e}")))?
+            .len();
+        header::check_tensors(&content, size, &source)?;
         Ok(Self {
             path,
             content,
@@ -91,6 +101,21 @@ impl GgufFile {
     /// `qwen2` or `llama`, from `general.architecture`.
     pub fn architecture(&self) -> Architecture {
         self.architecture
+    }
+
+    /// The tensors of the file under Hugging Face names (those [`gguf_to_hf_name`] knows; the
+    /// rest, such as `rope_freqs.weight`, are left out), with their GGML types.
+    pub fn tensor_table(&self) -> TensorTable {
+        TensorTable::from_entries(self.content.tensor_infos.iter().filter_map(|(name, info)| {
+            Some((
+                gguf_to_hf_name(name)?,
+                TensorEntry {
+                    shape: info.shape.dims().to_vec(),
+                    dtype: format!("{:?}", info.ggml_dtype),
+                    file: self.path.clone(),
+                },
+            ))
+        }))
     }
 
     /// The model's configuration from the `ARCH.*` metadata and the tensor table (the
@@ -146,7 +171,12 @@ impl GgufFile {
         let context = required("context_length")?;
         let vocab = match count("vocab_size")? {
             Some(v) => v,
-            None => self.tensor_shape("token_embd.weight")?.dims()[0],
+            None => match self.tensor_shape("token_embd.weight")?.dims() {
+                [rows, _] => *rows,
+                dims => {
+                    bail!("{src}: token_embd.weight has shape {dims:?}, not (vocabulary, hidden)")
+                }
+            },
         };
         let config = Config {
             architecture: self.architecture,
@@ -323,6 +353,57 @@ pub fn hf_to_gguf_name(name: &str) -> Option<String> {
         _ => return None,
     };
     matches!(param, "weight" | "bias").then(|| format!("blk.{layer}.{module}.{param}"))
+}
+
+/// The GGUF metadata key a [`Config`] field is read from (`num_hidden_layers` →
+/// `qwen2.block_count`), for messages; the field itself for one without a key.
+pub fn metadata_key(field: &str, arch: &str) -> String {
+    let key = match field {
+        "num_hidden_layers" => "block_count",
+        "hidden_size" => "embedding_length",
+        "intermediate_size" => "feed_forward_length",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "max_position_embeddings" => "context_length",
+        "vocab_size" => "vocab_size",
+        other => return other.to_string(),
+    };
+    format!("{arch}.{key}")
+}
+
+/// The Hugging Face name of a GGUF tensor name: the inverse of [`hf_to_gguf_name`].
+///
+/// ```
+/// use emilio_qwen::gguf::{gguf_to_hf_name, hf_to_gguf_name};
+/// for hf in ["model.layers.3.self_attn.q_proj.bias", "lm_head.weight", "model.norm.weight"] {
+///     assert_eq!(gguf_to_hf_name(&hf_to_gguf_name(hf).unwrap()).as_deref(), Some(hf));
+/// }
+/// assert_eq!(gguf_to_hf_name("rope_freqs.weight"), None);
+/// ```
+pub fn gguf_to_hf_name(name: &str) -> Option<String> {
+    match name {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (module, param) = rest.rsplit_once('.')?;
+    let module = match module {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    matches!(param, "weight" | "bias").then(|| format!("model.layers.{layer}.{module}.{param}"))
 }
 
 /// Inverts llama.cpp's q/k row permutation for `heads` heads: in the file, the rows of each head

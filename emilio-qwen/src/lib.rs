@@ -56,6 +56,7 @@ pub mod synthetic;
 #[doc(hidden)]
 pub mod test_models;
 pub mod tokenizer;
+pub mod weights;
 
 pub use config::{Architecture, Config};
 pub use emilio_op::WeightFormat;

@@ -29,7 +29,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{bail, DType, Device, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{bail, DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
@@ -39,6 +41,7 @@ use crate::files::regular_file_exists;
 use crate::gguf::GgufFile;
 use crate::model::{ModelForCausalLM, Options};
 use crate::reference::StockModel;
+use crate::weights::{check_float_dtype, read_safetensors_header, TensorTable, HEAD};
 
 /// The configuration file of a checkpoint directory.
 pub const CONFIG_FILE: &str = "config.json";
@@ -66,11 +69,17 @@ pub struct Checkpoint {
     pub weight_files: Vec<PathBuf>,
     /// The GGUF file's header, when the weights are a GGUF file.
     pub gguf: Option<Arc<GgufFile>>,
+    /// What a user should know about how the files are read (a context capped, a head
+    /// ignored): warnings for the command line to print, one sentence each.
+    pub notes: Vec<String>,
+    /// A tied configuration over weights that hold `lm_head.weight` anyway: the head is hidden.
+    ignore_head: bool,
 }
 
 impl Checkpoint {
     /// Locates `config.json` and the weights in `dir`: `model.safetensors` if present, else the
-    /// shards listed by `model.safetensors.index.json`.
+    /// shards listed by `model.safetensors.index.json`. The configuration is checked against
+    /// the weights' headers ([`TensorTable::check_config`]) before anything is loaded.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
@@ -79,29 +88,28 @@ impl Checkpoint {
         let config_path = dir.join(CONFIG_FILE);
         let config = read_config(&config_path)?;
         let weight_files = find_weight_files(dir)?;
-        Ok(Self {
-            config,
-            config_path,
-            weight_files,
-            gguf: None,
-        })
+        let table = TensorTable::from_safetensors(&weight_files)?;
+        Self::checked(config, config_path, weight_files, None, &table)
     }
 
-    /// A GGUF file: the configuration from its metadata, the weights from its tensors.
+    /// A GGUF file: the configuration from its metadata, the weights from its tensors, checked
+    /// against each other as a directory's are.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = GgufFile::open(path)?;
         let config = file.config()?;
-        Ok(Self {
+        let table = file.tensor_table();
+        Self::checked(
             config,
-            config_path: path.to_path_buf(),
-            weight_files: vec![path.to_path_buf()],
-            gguf: Some(Arc::new(file)),
-        })
+            path.to_path_buf(),
+            vec![path.to_path_buf()],
+            Some(Arc::new(file)),
+            &table,
+        )
     }
 
     /// A checkpoint from an explicit configuration file and list of weight files (each must
-    /// exist; together they must hold every tensor).
+    /// exist; together they must hold every tensor the configuration implies).
     pub fn from_files(config_path: impl AsRef<Path>, weight_files: &[PathBuf]) -> Result<Self> {
         let config_path = config_path.as_ref().to_path_buf();
         let config = read_config(&config_path)?;
@@ -113,11 +121,51 @@ impl Checkpoint {
                 bail!("weight file {} does not exist", file.display())
             }
         }
+        let table = TensorTable::from_safetensors(weight_files)?;
+        Self::checked(config, config_path, weight_files.to_vec(), None, &table)
+    }
+
+    /// The configuration held to the tensors, its context capped ([`Config::cap_context`]),
+    /// and a head that a tied configuration would ignore noted.
+    fn checked(
+        mut config: Config,
+        config_path: PathBuf,
+        weight_files: Vec<PathBuf>,
+        gguf: Option<Arc<GgufFile>>,
+        table: &TensorTable,
+    ) -> Result<Self> {
+        let source = config_path.display().to_string();
+        let arch = config.architecture.name();
+        let field = |name: &str| match &gguf {
+            None => name.to_string(),
+            Some(_) => crate::gguf::metadata_key(name, arch),
+        };
+        table.check_config(&config, &source, &field)?;
+        let mut notes = Vec::new();
+        notes.extend(config.cap_context(&source, &field("max_position_embeddings")));
+        // Transformers ties the head to the embedding whenever the configuration says so,
+        // whatever the file holds (its `tie_weights` runs after loading), and so does stock
+        // Candle's llama; stock's qwen2 would take the file's head instead. Following the
+        // configuration, for both backends (the head is hidden from the VarBuilder), runs the
+        // model transformers runs and keeps an A/B on the same weights.
+        let ignore_head = config.tie_word_embeddings && table.contains(HEAD);
+        if ignore_head {
+            notes.push(format!(
+                "{source} has tie_word_embeddings = true, but {} also holds {HEAD}: the head is \
+                 the embedding table (model.embed_tokens.weight), as transformers runs it, and \
+                 {HEAD} is ignored; set tie_word_embeddings to false to use it",
+                table
+                    .get(HEAD)
+                    .map_or(String::new(), |e| e.file.display().to_string())
+            ));
+        }
         Ok(Self {
             config,
             config_path,
-            weight_files: weight_files.to_vec(),
-            gguf: None,
+            weight_files,
+            gguf,
+            notes,
+            ignore_head,
         })
     }
 
@@ -128,9 +176,6 @@ impl Checkpoint {
         if let Some(gguf) = &self.gguf {
             return gguf.var_builder(dtype, device);
         }
-        for file in &self.weight_files {
-            check_float_tensors(file)?;
-        }
         // SAFETY: `from_mmaped_safetensors` maps the files read-only. Mapping is unsound only if
         // a file is truncated or modified while mapped (the mapped bytes would change under
         // safe code, or reading them would fault). These are checkpoint files we only read, and
@@ -138,8 +183,13 @@ impl Checkpoint {
         // it before returning, and every tensor taken from it is copied into memory Candle owns
         // (a dtype conversion or a device upload), so the model never refers to the mapping.
         // Like every Candle loader, we rely on nobody rewriting the checkpoint during a load.
-        unsafe { VarBuilder::from_mmaped_safetensors(&self.weight_files, dtype, device) }
-            .map_err(|e| e.context(format!("mapping the weights of {}", self.describe())))
+        let tensors = unsafe { MmapedSafetensors::multi(&self.weight_files) }
+            .map_err(|e| e.context(format!("mapping the weights of {}", self.describe())))?;
+        let backend: Box<dyn SimpleBackend> = match self.ignore_head {
+            true => Box::new(WithoutHead(tensors)),
+            false => Box::new(tensors),
+        };
+        Ok(VarBuilder::from_backend(backend, dtype, device.clone()))
     }
 
     /// Builds the log-domain model: activations (embedding, norms, rotary tables, KV cache) in
@@ -257,42 +307,43 @@ pub fn load(
 }
 
 /// Errors, naming the tensor and the file, when a safetensors file holds a tensor of an integer
-/// or boolean dtype: Candle would convert it to the model's float dtype without a word (a
-/// quantized export's packed `U8`/`I32` weights become small integers), and the model would run
-/// on numbers that mean nothing. Only the header is read.
+/// or boolean dtype ([`crate::weights::check_float_dtype`]). Only the header is read.
 pub fn check_float_tensors(file: &Path) -> Result<()> {
-    use std::io::Read;
-    let fail = |why: String| candle_core::Error::msg(format!("{}: {why}", file.display()));
-    let mut f = std::fs::File::open(file).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let size = f.metadata().map_err(|e| fail(e.to_string()))?.len();
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| fail("too short for a safetensors file (no header length)".into()))?;
-    let len = u64::from_le_bytes(len);
-    // The same cap as the safetensors crate's: a header is never near 100 MB.
-    if len > size.saturating_sub(8) || len > 100_000_000 {
-        return Err(fail(format!(
-            "its header claims {len} bytes, the file has {size}: it is not a safetensors file, or is truncated"
-        )));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| fail(format!("cannot read its header: {e}")))?;
-    let header: serde_json::Map<String, Value> = serde_json::from_slice(&header)
-        .map_err(|e| fail(format!("its header is not JSON: {e}")))?;
-    for (name, info) in &header {
-        let dtype = info.get("dtype").and_then(Value::as_str);
-        if let Some(dtype) = dtype {
-            if !matches!(dtype, "F16" | "BF16" | "F32" | "F64") {
-                return Err(fail(format!(
-                    "tensor {name} is {dtype}, not a floating-point type: this is not a plain \
-                     checkpoint (a quantized export?); use the original float weights, or a GGUF \
-                     file"
-                )));
-            }
-        }
+    for (name, entry) in read_safetensors_header(file)? {
+        check_float_dtype(&name, &entry.dtype, file)?;
     }
     Ok(())
+}
+
+/// Safetensors without `lm_head.weight`: what a tied configuration's model is built from when
+/// the file holds a head anyway (see `Checkpoint::checked`).
+struct WithoutHead(MmapedSafetensors);
+
+impl SimpleBackend for WithoutHead {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        if name == HEAD {
+            bail!("{HEAD} is ignored: the configuration ties the head to the embedding")
+        }
+        SimpleBackend::get(&self.0, s, name, init, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        if name == HEAD {
+            bail!("{HEAD} is ignored: the configuration ties the head to the embedding")
+        }
+        SimpleBackend::get_unchecked(&self.0, name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        name != HEAD && SimpleBackend::contains_tensor(&self.0, name)
+    }
 }
 
 /// The weight files of a checkpoint directory: `model.safetensors` if present, else every shard

@@ -24,8 +24,6 @@
 //!   thread instead of handing it over from (and waking back) the caller's thread, ~220 times
 //!   per token.
 
-use std::sync::Arc;
-
 use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Activation, RmsNorm, VarBuilder};
 use emilio_op::{
@@ -69,19 +67,68 @@ fn rms_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
     candle_nn::rms_norm(size, eps, vb)
 }
 
+/// The rotary tables, grown as positions are used instead of computed for the whole
+/// `max_position_embeddings` at load: a configuration is input, and its context can be far
+/// longer than anything a run reaches (a million positions are ~1 GB of tables). Position `p`'s
+/// row is the same whatever the table's length (each entry is one product `p · inv_freq`, no
+/// sum), so a grown table is bit for bit stock's full one.
 #[derive(Debug, Clone)]
 struct RotaryEmbedding {
     sin: Tensor,
     cos: Tensor,
+    /// Rows the tables have now.
+    len: usize,
+    /// The most rows they may grow to: the context.
+    max_len: usize,
+    dtype: DType,
+    cfg: Config,
 }
 
+/// Rows the rotary tables start with (fewer when the context is shorter): enough for most
+/// prompts, a few hundred kilobytes at a head dimension of 128.
+const ROTARY_INITIAL_POSITIONS: usize = 4096;
+
 impl RotaryEmbedding {
-    /// The position tables, computed as each family's stock model computes them (Qwen2: the
-    /// frequencies in f64, the table in `dtype`; Llama: in f32, with Llama 3's scaling), so the
-    /// A/B against stock sees the same rotary embedding bit for bit. Not a model product.
     fn new(dtype: DType, cfg: &Config, dev: &Device) -> Result<Self> {
+        let max_len = cfg.max_position_embeddings;
+        let len = max_len.min(ROTARY_INITIAL_POSITIONS);
+        let (sin, cos) = Self::tables(dtype, cfg, dev, len)?;
+        Ok(Self {
+            sin,
+            cos,
+            len,
+            max_len,
+            dtype,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Makes the tables hold positions `0..positions` (at most the context; callers check it),
+    /// doubling their length, or more, when they are too short.
+    fn ensure(&mut self, positions: usize) -> Result<()> {
+        if positions <= self.len {
+            return Ok(());
+        }
+        let len = positions
+            .max(self.len.saturating_mul(2))
+            .min(self.max_len)
+            .max(positions);
+        let (sin, cos) = Self::tables(self.dtype, &self.cfg, self.sin.device(), len)?;
+        (self.sin, self.cos, self.len) = (sin, cos, len);
+        Ok(())
+    }
+
+    /// The position tables for `0..max_seq_len`, computed as each family's stock model
+    /// computes them (Qwen2: the frequencies in f64, the table in `dtype`; Llama: in f32, with
+    /// Llama 3's scaling), so the A/B against stock sees the same rotary embedding bit for bit.
+    /// Not a model product.
+    fn tables(
+        dtype: DType,
+        cfg: &Config,
+        dev: &Device,
+        max_seq_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let dim = cfg.head_dim();
-        let max_seq_len = cfg.max_position_embeddings;
         let positions = Tensor::arange(0u32, max_seq_len as u32, dev)?;
         let freqs = match cfg.architecture {
             Architecture::Qwen2 => {
@@ -108,10 +155,7 @@ impl RotaryEmbedding {
                 t.matmul(&inv_freq)?
             }
         };
-        Ok(Self {
-            sin: freqs.sin()?.to_dtype(dtype)?,
-            cos: freqs.cos()?.to_dtype(dtype)?,
-        })
+        Ok((freqs.sin()?.to_dtype(dtype)?, freqs.cos()?.to_dtype(dtype)?))
     }
 
     fn apply_rotary_emb_qkv(
@@ -212,17 +256,11 @@ struct Attention {
     /// The exp mode of `Q·Kᵀ` and `P·V` (the linear layers carry theirs in their weights; for
     /// `table`, which needs weight codes, the exact one).
     exp: ExpMode,
-    rotary_emb: Arc<RotaryEmbedding>,
     kv_cache: Option<(Tensor, Tensor)>,
 }
 
 impl Attention {
-    fn new(
-        rotary_emb: Arc<RotaryEmbedding>,
-        cfg: &Config,
-        vb: VarBuilder,
-        opts: &Options,
-    ) -> Result<Self> {
+    fn new(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
         let hidden_sz = cfg.hidden_size;
         let num_heads = cfg.num_attention_heads;
         let num_kv_heads = cfg.num_key_value_heads;
@@ -259,7 +297,6 @@ impl Attention {
             head_dim,
             hidden_size: hidden_sz,
             exp: opts.exp.for_activations(),
-            rotary_emb,
             kv_cache: None,
         })
     }
@@ -267,6 +304,7 @@ impl Attention {
     fn forward(
         &mut self,
         xs: &Tensor,
+        rotary_emb: &RotaryEmbedding,
         attention_mask: Option<&Tensor>,
         seqlen_offset: usize,
     ) -> Result<Tensor> {
@@ -292,8 +330,7 @@ impl Attention {
             .transpose(1, 2)?;
 
         let (query_states, key_states) =
-            self.rotary_emb
-                .apply_rotary_emb_qkv(&query_states, &key_states, seqlen_offset)?;
+            rotary_emb.apply_rotary_emb_qkv(&query_states, &key_states, seqlen_offset)?;
 
         let (key_states, value_states) = match &self.kv_cache {
             None => (key_states, value_states),
@@ -366,13 +403,8 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(
-        rotary_emb: Arc<RotaryEmbedding>,
-        cfg: &Config,
-        vb: VarBuilder,
-        opts: &Options,
-    ) -> Result<Self> {
-        let self_attn = Attention::new(rotary_emb, cfg, vb.pp("self_attn"), opts)?;
+    fn new(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
+        let self_attn = Attention::new(cfg, vb.pp("self_attn"), opts)?;
         let mlp = MLP::new(cfg, vb.pp("mlp"), opts)?;
         let input_layernorm =
             rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?;
@@ -392,12 +424,15 @@ impl DecoderLayer {
     fn forward(
         &mut self,
         xs: &Tensor,
+        rotary_emb: &RotaryEmbedding,
         attention_mask: Option<&Tensor>,
         seqlen_offset: usize,
     ) -> Result<Tensor> {
         let residual = xs;
         let xs = self.input_layernorm.forward(xs)?;
-        let xs = self.self_attn.forward(&xs, attention_mask, seqlen_offset)?;
+        let xs = self
+            .self_attn
+            .forward(&xs, rotary_emb, attention_mask, seqlen_offset)?;
         let xs = (xs + residual)?;
         let residual = &xs;
         let xs = xs.apply(&self.post_attention_layernorm)?.apply(&self.mlp)?;
@@ -449,6 +484,7 @@ impl TokenEmbedding {
 #[derive(Debug, Clone)]
 pub struct Model {
     embed_tokens: TokenEmbedding,
+    rotary_emb: RotaryEmbedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     sliding_window: usize,
@@ -484,16 +520,19 @@ impl Model {
                 vb_m.pp("embed_tokens"),
             )?)
         };
-        let rotary_emb = Arc::new(RotaryEmbedding::new(vb.dtype(), cfg, vb_m.device())?);
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let rotary_emb = RotaryEmbedding::new(vb.dtype(), cfg, vb_m.device())?;
+        // Grown as layers are built, not reserved from the count: a configuration is input, and
+        // a count of 10⁹ must fail at the first missing layer, not abort on the reservation.
+        let mut layers = Vec::new();
         let vb_l = vb_m.pp("layers");
         for layer_idx in 0..cfg.num_hidden_layers {
-            let layer = DecoderLayer::new(rotary_emb.clone(), cfg, vb_l.pp(layer_idx), opts)?;
+            let layer = DecoderLayer::new(cfg, vb_l.pp(layer_idx), opts)?;
             layers.push(layer)
         }
         let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb_m.pp("norm"))?;
         Ok(Self {
             embed_tokens,
+            rotary_emb,
             layers,
             norm,
             sliding_window: cfg.sliding_window,
@@ -581,9 +620,15 @@ impl Model {
                 }
             }
         };
+        self.rotary_emb.ensure(seqlen_offset + seq_len)?;
         let mut xs = self.embed_tokens.forward(input_ids)?;
         for layer in self.layers.iter_mut() {
-            xs = layer.forward(&xs, attention_mask.as_ref(), seqlen_offset)?
+            xs = layer.forward(
+                &xs,
+                &self.rotary_emb,
+                attention_mask.as_ref(),
+                seqlen_offset,
+            )?
         }
         xs.apply(&self.norm)
     }
@@ -613,11 +658,10 @@ impl Model {
     }
 
     /// Bytes of every tensor the stack holds: log-domain weights, biases, the embedding table,
-    /// the norms and the rotary tables (the KV cache, which grows with the context, excluded).
+    /// the norms and the rotary tables as long as they are now (the KV cache, which grows with
+    /// the context, excluded).
     pub fn memory_bytes(&self) -> usize {
-        let rotary = self.layers.first().map_or(0, |l| {
-            tensor_bytes(&l.self_attn.rotary_emb.sin) + tensor_bytes(&l.self_attn.rotary_emb.cos)
-        });
+        let rotary = tensor_bytes(&self.rotary_emb.sin) + tensor_bytes(&self.rotary_emb.cos);
         let layers: usize = self
             .layers
             .iter()
@@ -824,5 +868,59 @@ impl ModelForCausalLM {
             _ => 0,
         };
         self.base_model.memory_bytes() + linear_bytes(&self.lm_head) - shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Four heads of 16 (the tiny preset's shape), written out: the model is below the
+    /// synthetic checkpoints, which must not be imported from here.
+    fn config(architecture: Architecture) -> Config {
+        Config {
+            architecture,
+            vocab_size: 512,
+            hidden_size: 64,
+            intermediate_size: 160,
+            num_hidden_layers: 1,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            max_position_embeddings: 10_000,
+            sliding_window: 10_000,
+            max_window_layers: 1,
+            tie_word_embeddings: true,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-6,
+            use_sliding_window: false,
+            hidden_act: Activation::Silu,
+            attention_bias: architecture == Architecture::Qwen2,
+            rope_scaling: None,
+        }
+    }
+
+    /// A table grown on demand holds, at every position, what stock's table for the whole
+    /// context holds, bit for bit (each entry is one product, whatever the length).
+    #[test]
+    fn grown_rotary_tables_are_the_full_tables() -> Result<()> {
+        let dev = Device::Cpu;
+        for arch in [Architecture::Qwen2, Architecture::Llama] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                let cfg = config(arch);
+                let (sin, cos) = RotaryEmbedding::tables(dtype, &cfg, &dev, 10_000)?;
+                let mut grown = RotaryEmbedding::new(dtype, &cfg, &dev)?;
+                assert_eq!(grown.len, ROTARY_INITIAL_POSITIONS);
+                grown.ensure(5_000)?;
+                assert_eq!(grown.len, 8_192);
+                grown.ensure(9_999)?;
+                assert_eq!(grown.len, 10_000, "never past the context");
+                for (a, b) in [(&grown.sin, &sin), (&grown.cos, &cos)] {
+                    let a = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    let b = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -15,13 +15,13 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
 
-use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::{bail, DType, Device, Error, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{linear_no_bias, Init, Linear, VarBuilder};
 use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, qwen2};
 
-use crate::config::{Architecture, Config};
+use crate::config::{Architecture, Config, MAX_CONTEXT};
 use crate::generation::{forward_from_by_steps, CausalLM};
 use crate::model::check_first;
 
@@ -231,12 +231,25 @@ impl QuantizedModel {
     pub fn load(path: &Path, architecture: Architecture, device: &Device) -> Result<Self> {
         let mut file = File::open(path)
             .map_err(|e| Error::msg(format!("cannot read {}: {e}", path.display())))?;
-        let content = Content::read(&mut file).map_err(|e| {
+        let mut content = Content::read(&mut file).map_err(|e| {
             Error::msg(format!(
                 "{} is not a readable GGUF file: {e}",
                 path.display()
             ))
         })?;
+        // Candle's quantized Qwen2 computes its rotary tables for the file's whole context at
+        // load: capped at MAX_CONTEXT, as every model here is (`Config::cap_context`).
+        let key = format!("{}.context_length", architecture.name());
+        if content
+            .metadata
+            .get(&key)
+            .and_then(|v| v.to_u64().ok())
+            .is_some_and(|n| n > MAX_CONTEXT as u64)
+        {
+            content
+                .metadata
+                .insert(key, gguf_file::Value::U32(MAX_CONTEXT as u32));
+        }
         let context = |e: Error| {
             e.context(format!(
                 "Candle's quantized {architecture} on {}",

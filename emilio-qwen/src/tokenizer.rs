@@ -23,6 +23,7 @@
 //! naming the key and the file.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{bail, Error, Result};
@@ -641,4 +642,91 @@ pub fn gguf_metadata(tokenizer: &Tokenizer, pre: &str) -> Result<Vec<(String, Va
         (TOKEN_TYPE_KEY.to_string(), Value::Array(types)),
         (MERGES_KEY.to_string(), Value::Array(merges)),
     ])
+}
+
+/// Reads a Hugging Face `tokenizer.json`; errors name the file (missing, not a regular file, not
+/// a tokenizer).
+///
+/// The text is checked to be JSON before `tokenizers` reads it: its decoder deserializer
+/// `expect`s on a syntax error inside the `decoder` value (a truncated file panicked, found by
+/// fuzzing `tests/fuzz`), and well-formed JSON never reaches that panic (any value is accepted
+/// there, as the legacy form).
+pub fn from_file(path: &Path) -> Result<Tokenizer> {
+    crate::files::check_regular_file(path)?;
+    let fail = |why: String| Error::msg(format!("cannot read tokenizer {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("it is not valid JSON: {e}")))?;
+    check_bpe_merges(&value).map_err(fail)?;
+    drop(value);
+    text.parse::<Tokenizer>().map_err(|e| fail(e.to_string()))
+}
+
+/// `tokenizers` builds a BPE model's merge table by copying each merge's two tokens into a
+/// buffer as long as the longest vocabulary token, and slices the continuing-subword prefix off
+/// the second without looking: a merge whose result is not in the vocabulary panics (an index
+/// out of range, found by fuzzing), where it means to return an error. The same rule is checked
+/// here first: both tokens and their merge (the second without the prefix, which it must start
+/// with) are vocabulary tokens.
+fn check_bpe_merges(tokenizer: &serde_json::Value) -> std::result::Result<(), String> {
+    use serde_json::Value as J;
+    let model = &tokenizer["model"];
+    let (Some(J::Object(vocab)), Some(J::Array(merges))) =
+        (model.get("vocab"), model.get("merges"))
+    else {
+        return Ok(());
+    };
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    for (i, merge) in merges.iter().enumerate() {
+        let (a, b) = match merge {
+            J::String(m) => match m.split_once(' ') {
+                Some(pair) => pair,
+                None => return Ok(()), // tokenizers refuses it with its own error
+            },
+            J::Array(pair) => match pair.as_slice() {
+                [J::String(a), J::String(b)] => (a.as_str(), b.as_str()),
+                _ => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let Some(rest) = b.strip_prefix(prefix) else {
+            return Err(format!(
+                "merge {i} ({a:?}, {b:?}): the second token does not start with the \
+                 continuing_subword_prefix {prefix:?}"
+            ));
+        };
+        let merged = format!("{a}{rest}");
+        for token in [a, b, merged.as_str()] {
+            if !vocab.contains_key(token) {
+                return Err(format!(
+                    "merge {i} ({a:?}, {b:?}) needs {token:?}, which its vocabulary lacks"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Errors when `tokenizer` (read from `source`) has an id past the model's `vocab_size`
+/// embeddings (read from `config_source`): it would fail deep in the first forward pass
+/// ("index-select invalid index"), naming neither file.
+pub fn check_ids(
+    tokenizer: &Tokenizer,
+    source: &str,
+    vocab_size: usize,
+    config_source: &str,
+) -> Result<()> {
+    if let Some((token, id)) = tokenizer
+        .get_vocab(true)
+        .into_iter()
+        .filter(|&(_, id)| id as usize >= vocab_size)
+        .max_by_key(|&(_, id)| id)
+    {
+        bail!(
+            "the tokenizer {source} has token {token:?} with id {id}, but the model has \
+             {vocab_size} embeddings (vocab_size in {config_source}): the tokenizer belongs to \
+             another model"
+        )
+    }
+    Ok(())
 }

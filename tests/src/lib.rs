@@ -20,6 +20,7 @@ pub mod budget;
 pub mod cli;
 pub mod errors;
 pub mod fake_hub;
+pub mod fuzz_targets;
 pub mod inputs;
 pub mod models;
 pub mod reference;

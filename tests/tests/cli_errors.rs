@@ -317,7 +317,13 @@ fn a_tokenizer_with_ids_past_the_vocabulary_is_named() {
     let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     cfg["vocab_size"] = Value::from(200);
     std::fs::write(&path, cfg.to_string()).unwrap();
-    // The weights no longer fit the config either; the tokenizer is checked first, naming it.
+    // The config alone no longer fits the weights (that is refused before the tokenizer is
+    // read): cut the (tied) embedding to the 200 rows too, so that only the tokenizer is wrong.
+    let weights = dir.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let embed = t["model.embed_tokens.weight"].narrow(0, 0, 200).unwrap();
+    t.insert("model.embed_tokens.weight".into(), embed);
+    candle_core::safetensors::save(&t, &weights).unwrap();
     sb.run(["generate", "--model", s(&dir), "--prompt", "hi"])
         .fails_with(&["tokenizer.json", "with id", "200 embeddings", "config.json"]);
 }
@@ -692,4 +698,86 @@ fn stdin_is_not_read() {
     );
     let _ = stdin.write_all(b"ignored");
     assert!(status.success(), "{status}");
+}
+
+/// Edits a JSON file of a checkpoint in place.
+fn edit_json_file(path: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// A chat template whose special tokens the tokenizer lacks was sent as plain text without a
+/// word; now `generate` (with the template) and `chat` refuse, naming the token and the
+/// tokenizer file, and `--no-chat` still works.
+#[test]
+fn a_template_whose_tokens_the_tokenizer_lacks_is_refused() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "model");
+    edit_json_file(&dir.join("tokenizer_config.json"), |c| {
+        let t = c["chat_template"]
+            .as_str()
+            .unwrap()
+            .replace("<|im_start|>", "<|begin_turn|>");
+        c.insert("chat_template".into(), t.into());
+    });
+    let needles = ["<|begin_turn|>", "tokenizer.json", "--no-chat"];
+    generate(&sb, s(&dir), &["--max-tokens", "2"]).fails_with(&needles);
+    sb.run_with_input(["chat", "--model", s(&dir), "--max-tokens", "2"], "hi\n")
+        .fails_with(&needles);
+    generate(&sb, s(&dir), &["--max-tokens", "2", "--no-chat"]).ok();
+}
+
+/// What the files say but the run does otherwise is a warning on stderr: a context capped, a
+/// head ignored because the config ties it, a model vocabulary larger than the tokenizer's.
+#[test]
+fn files_read_otherwise_than_they_say_are_warned_about() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "huge-context");
+    edit_json_file(&dir.join("config.json"), |c| {
+        c.insert("max_position_embeddings".into(), (i64::MAX as u64).into());
+    });
+    let run = generate(&sb, s(&dir), &["--max-tokens", "2"]).ok();
+    assert!(
+        run.stderr.contains("warning:")
+            && run
+                .stderr
+                .contains("max_position_embeddings is 9223372036854775807")
+            && run.stderr.contains("capped"),
+        "{run}"
+    );
+
+    let dir = sb.synth_tiny("tied-with-head", 0, &["--untied"]);
+    edit_json_file(&dir.join("config.json"), |c| {
+        c.insert("tie_word_embeddings".into(), true.into());
+    });
+    let run = generate(&sb, s(&dir), &["--max-tokens", "2"]).ok();
+    assert!(
+        run.stderr.contains("warning:")
+            && run.stderr.contains("lm_head.weight")
+            && run.stderr.contains("ignored"),
+        "{run}"
+    );
+
+    // 600 embeddings (not padding to a multiple of 64) over the tokenizer's ids.
+    let dir = checkpoint(&sb, "big-vocab");
+    let weights = dir.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let embed = &t["model.embed_tokens.weight"];
+    let extra = embed.narrow(0, 0, 88).unwrap();
+    let bigger = candle_core::Tensor::cat(&[embed, &extra], 0).unwrap();
+    t.insert("model.embed_tokens.weight".into(), bigger);
+    candle_core::safetensors::save(&t, &weights).unwrap();
+    edit_json_file(&dir.join("config.json"), |c| {
+        c.insert("vocab_size".into(), 600.into());
+    });
+    let tokens = emilio_qwen::synthetic::tokenizer_size();
+    let run = generate(&sb, s(&dir), &["--max-tokens", "2"]).ok();
+    assert!(
+        run.stderr.contains("warning:")
+            && run.stderr.contains("600 embeddings")
+            && run.stderr.contains(&format!("only {tokens} tokens"))
+            && run.stderr.contains("<|unknown id N|>"),
+        "{run}"
+    );
 }

@@ -156,7 +156,11 @@ fn unsupported_and_malformed_pairs_are_refused_before_anything_runs() {
     let err = sb
         .run(["sweep", "--model", m, "--file", &t, "--pairs", "f16/table"])
         .fails();
-    assert!(err.stderr.contains("\"table\""), "{}", err.stderr);
+    assert!(err.stderr.contains("(f16, table)"), "{}", err.stderr);
+    let err = sb
+        .run(["sweep", "--model", m, "--file", &t, "--pairs", "f16/cordic"])
+        .fails();
+    assert!(err.stderr.contains("\"cordic\""), "{}", err.stderr);
     let err = sb
         .run([
             "generate",

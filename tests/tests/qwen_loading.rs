@@ -271,12 +271,14 @@ fn explicit_file_list_loads_and_checks_files() {
     let c = Checkpoint::from_files(&ck.config_path, &ck.weight_files).unwrap();
     c.load(DType::F32, &Device::Cpu, &Options::new(WeightFormat::F32))
         .unwrap();
-    // One shard only: the tensors of the other are missing, by name.
-    let c = Checkpoint::from_files(&ck.config_path, &ck.weight_files[..1]).unwrap();
+    // One shard only: the layers of the other are missing, by name, before anything is loaded.
     let e = expect_err("half the shards", || {
-        c.load(DType::F32, &Device::Cpu, &Options::default())
+        Checkpoint::from_files(&ck.config_path, &ck.weight_files[..1])
     });
-    assert!(e.contains("cannot find tensor model."), "{e}");
+    assert!(
+        e.contains("num_hidden_layers") && e.contains("has no model.layers."),
+        "{e}"
+    );
     let e = expect_err("no such file", || {
         Checkpoint::from_files(&ck.config_path, &[dir.path().join("absent.safetensors")])
     });
@@ -503,4 +505,294 @@ fn tokenizer_round_trips_any_text_within_the_vocabulary() {
         "{:?}",
         words.get_ids()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes held to the weights and to what the machine can hold (#16 item 3), heads of the wrong
+// kind (item 4)
+// ---------------------------------------------------------------------------------------------
+
+/// Every size of config.json is held to the tensors before anything is allocated: the error names
+/// the field, its value, the config file, and what the weights say.
+#[test]
+fn config_sizes_are_held_to_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = tiny(dir.path());
+    let layers = ck.config.num_hidden_layers;
+    let original = std::fs::read(&ck.config_path).unwrap();
+    let cases: Vec<(&str, Value, Vec<String>)> = vec![
+        // 10⁹ layers aborted on a 280 GB reservation; now the first missing layer is named.
+        (
+            "num_hidden_layers",
+            serde_json::json!(1_000_000_000u64),
+            vec![format!("model.layers.{layers}"), format!("{layers} layers")],
+        ),
+        (
+            "num_hidden_layers",
+            serde_json::json!(layers + 1),
+            vec![format!("model.layers.{layers}")],
+        ),
+        // Fewer layers than the file ran silently: both counts are named.
+        (
+            "num_hidden_layers",
+            serde_json::json!(layers - 1),
+            vec![
+                format!("{layers} layers"),
+                format!("model.layers.{}", layers - 1),
+            ],
+        ),
+        (
+            "hidden_size",
+            serde_json::json!(128),
+            vec!["model.embed_tokens.weight".into(), "64".into()],
+        ),
+        (
+            "vocab_size",
+            serde_json::json!(1u64 << 40),
+            vec!["model.embed_tokens.weight".into(), "512".into()],
+        ),
+        (
+            "intermediate_size",
+            serde_json::json!(999),
+            vec!["gate_proj".into(), "160".into()],
+        ),
+        (
+            "num_key_value_heads",
+            serde_json::json!(1),
+            vec!["k_proj".into(), "num_key_value_heads 1".into()],
+        ),
+    ];
+    for (field, value, names) in cases {
+        std::fs::write(&ck.config_path, &original).unwrap();
+        edit_json(&ck.config_path, |c| {
+            c.insert(field.into(), value.clone());
+        });
+        let e = expect_err(field, || Checkpoint::from_dir(dir.path()));
+        assert!(
+            e.contains(&format!("{field} is {value}")) || e.contains(&format!("{field} {value}")),
+            "{field} {value}: {e}"
+        );
+        assert!(e.contains("config.json"), "{field} {value}: {e}");
+        assert!(e.contains("model.safetensors"), "{field} {value}: {e}");
+        for name in names {
+            assert!(e.contains(&name), "{field} {value}: {name:?} in {e}");
+        }
+    }
+}
+
+/// A sharded checkpoint is held to the tensors of all its shards together.
+#[test]
+fn sharded_config_sizes_are_held_to_all_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        write_checkpoint(dir.path(), &SyntheticSpec::new(Preset::Tiny).with_shards(3)).unwrap();
+    let layers = ck.config.num_hidden_layers;
+    Checkpoint::from_dir(dir.path()).unwrap();
+    edit_json(&ck.config_path, |c| {
+        c.insert("num_hidden_layers".into(), (layers + 5).into());
+    });
+    let e = expect_err("more layers, sharded", || Checkpoint::from_dir(dir.path()));
+    assert!(
+        e.contains("num_hidden_layers") && e.contains(&format!("model.layers.{layers}")),
+        "{e}"
+    );
+    assert!(e.contains("3 files"), "{e}");
+}
+
+/// A context far past anything allocatable is capped, with a note naming the field, its value
+/// and the file; the rotary tables grow with use instead of being built for the whole context,
+/// and a position past the cap is a clear error. A window longer than any context is no window.
+#[test]
+fn a_huge_context_is_capped_and_costs_nothing_until_used() {
+    use emilio_qwen::config::MAX_CONTEXT;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = tiny(dir.path());
+    let ids = |n: usize| Tensor::from_vec(vec![7u32; n], (1, n), &Device::Cpu).unwrap();
+    let prompt = ids(6);
+    let mut small = load_ours(dir.path()).unwrap();
+    let small_bytes = small.memory_bytes();
+    let want = small.forward(&prompt, 0).unwrap();
+
+    edit_json(&ck.config_path, |c| {
+        c.insert("max_position_embeddings".into(), (i64::MAX as u64).into());
+        c.insert("sliding_window".into(), u64::MAX.into());
+    });
+    let started = std::time::Instant::now();
+    let c = Checkpoint::from_dir(dir.path()).unwrap();
+    assert_eq!(c.config.max_position_embeddings, MAX_CONTEXT);
+    assert_eq!(c.config.sliding_window, MAX_CONTEXT);
+    let note = c.notes.join("\n");
+    assert!(
+        note.contains("max_position_embeddings")
+            && note.contains(&(i64::MAX as u64).to_string())
+            && note.contains("config.json")
+            && note.contains(&MAX_CONTEXT.to_string()),
+        "{note}"
+    );
+    let mut big = c
+        .load(DType::F32, &Device::Cpu, &Options::default())
+        .unwrap();
+    // The tables start at 4096 rows (16 columns of f32 at the tiny head size, sin and cos).
+    let head_dim = c.config.head_dim();
+    assert!(
+        big.memory_bytes() <= small_bytes + 4096 * head_dim * 4,
+        "{} vs {small_bytes}",
+        big.memory_bytes()
+    );
+    // Same logits as with the short table, bit for bit.
+    let got = big.forward(&prompt, 0).unwrap();
+    let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    // Past the cap: an error naming the limit, not an allocation.
+    big.clear_kv_cache();
+    let e = expect_err("past the cap", || big.forward(&ids(1), MAX_CONTEXT));
+    assert!(e.contains("max_position_embeddings"), "{e}");
+    // Stock builds its tables for the capped context, not for 2⁶³ positions.
+    c.load_stock(DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Stock transformers ties the head to the embedding whenever the config says so, whatever the
+/// file holds; so does Emilio now, for both backends, with a note saying so.
+#[test]
+fn a_head_in_a_tied_checkpoint_is_ignored_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = write_checkpoint(
+        dir.path(),
+        &SyntheticSpec::new(Preset::Tiny)
+            .with_tied(false)
+            .with_seed(9),
+    )
+    .unwrap();
+    edit_json(&ck.config_path, |c| {
+        c.insert("tie_word_embeddings".into(), true.into());
+    });
+    let prompt = Tensor::new(&[[3u32, 1, 4, 1, 5]], &Device::Cpu).unwrap();
+    let both = Checkpoint::from_dir(dir.path()).unwrap();
+    let note = both.notes.join("\n");
+    assert!(
+        note.contains("lm_head.weight")
+            && note.contains("tie_word_embeddings")
+            && note.contains("ignored"),
+        "{note}"
+    );
+    let ours = |c: &Checkpoint| {
+        c.load(DType::F32, &Device::Cpu, &Options::new(WeightFormat::F32))
+            .unwrap()
+            .forward(&prompt, 0)
+            .unwrap()
+    };
+    let stock = |c: &Checkpoint| {
+        use emilio_qwen::generation::CausalLM;
+        c.load_stock(DType::F32, &Device::Cpu)
+            .unwrap()
+            .forward(&prompt, 0)
+            .unwrap()
+    };
+    let (ours_both, stock_both) = (ours(&both), stock(&both));
+    edit_weights(&ck.weight_files[0], |t| {
+        t.remove("lm_head.weight").unwrap();
+    });
+    let tied = Checkpoint::from_dir(dir.path()).unwrap();
+    assert!(tied.notes.is_empty(), "{:?}", tied.notes);
+    let same = |a: &Tensor, b: &Tensor| {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() == 0.0
+    };
+    assert!(same(&ours_both, &ours(&tied)), "emilio used lm_head");
+    assert!(same(&stock_both, &stock(&tied)), "stock used lm_head");
+}
+
+/// Writes `path` again with `edit` applied to its metadata (tensors unchanged).
+fn rewrite_gguf(
+    path: &Path,
+    edit: impl FnOnce(&mut HashMap<String, candle_core::quantized::gguf_file::Value>),
+) {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut content = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let tensors: Vec<_> = names
+        .iter()
+        .map(|n| content.tensor(&mut f, n, &Device::Cpu).unwrap())
+        .collect();
+    edit(&mut content.metadata);
+    let md: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> = names
+        .iter()
+        .map(|n| n.as_str())
+        .zip(tensors.iter())
+        .collect();
+    let mut out = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+}
+
+/// The GGUF path holds its metadata's sizes to its tensor table the same way, and a header
+/// whose alignment Candle would divide by zero is refused.
+#[test]
+fn gguf_sizes_are_held_to_its_tensors() {
+    use candle_core::quantized::gguf_file::Value as V;
+    use emilio_qwen::synthetic::gguf::{write_gguf, GgufQuant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let spec = SyntheticSpec::new(Preset::Tiny);
+    write_gguf(&path, &spec, GgufQuant::F16).unwrap();
+    Checkpoint::from_gguf(&path).unwrap();
+    let layers = spec.config().unwrap().num_hidden_layers;
+    let original = std::fs::read(&path).unwrap();
+    let cases: Vec<(&str, V, String)> = vec![
+        (
+            "qwen2.block_count",
+            V::U32(1_000_000_000),
+            format!("qwen2.block_count is 1000000000, but the weights say {layers} layers"),
+        ),
+        (
+            "qwen2.block_count",
+            V::U32(layers as u32 - 1),
+            format!("{layers} layers"),
+        ),
+        (
+            "qwen2.feed_forward_length",
+            V::U32(999),
+            "qwen2.feed_forward_length 999".into(),
+        ),
+        (
+            "qwen2.vocab_size",
+            V::U32(1 << 30),
+            "model.embed_tokens.weight".into(),
+        ),
+        ("general.alignment", V::U32(0), "power of two".into()),
+        ("qwen2.context_length", V::U64(u64::MAX), String::new()),
+    ];
+    for (key, value, name) in cases {
+        std::fs::write(&path, &original).unwrap();
+        rewrite_gguf(&path, |md| {
+            md.insert(key.to_string(), value.clone());
+        });
+        if key == "qwen2.context_length" {
+            // Capped, as a config.json's: not refused, not allocated.
+            let c = Checkpoint::from_gguf(&path).unwrap();
+            assert_eq!(
+                c.config.max_position_embeddings,
+                emilio_qwen::config::MAX_CONTEXT
+            );
+            assert!(
+                c.notes.join(" ").contains("qwen2.context_length"),
+                "{:?}",
+                c.notes
+            );
+            continue;
+        }
+        let e = expect_err(key, || Checkpoint::from_gguf(&path));
+        assert!(e.contains("tiny.gguf") && e.contains(&name), "{key}: {e}");
+    }
 }
