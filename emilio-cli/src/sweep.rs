@@ -131,6 +131,19 @@ pub fn run(args: &SweepArgs) -> Result<()> {
             resident_mb: b.emilio_model_bytes.unwrap_or(0) as f64 / 1e6,
             pareto: false,
         });
+        // A long sweep shows each pair's figures as they come, so a stopped run keeps them.
+        let r = &rows[rows.len() - 1];
+        eprintln!(
+            "sweep: {pair}: KL mean {:.3e}, p99 {:.3e}, top-1 {:.2}%, ln PPL ratio {:.2e}, \
+             decode {:.3}x, prefill {:.3}x, {:.1} MB",
+            r.kl_mean,
+            r.kl_p99,
+            100.0 * r.same_top1,
+            r.ln_ppl_ratio,
+            r.decode_ratio,
+            r.prefill_ratio,
+            r.resident_mb
+        );
     }
     if args.reference.is_none() && args.save_reference.is_none() {
         let _ = std::fs::remove_file(&temporary);
