@@ -286,12 +286,23 @@ EMILIO_DEVICE void emilio_gemv_vec(emilio_u32 m, emilio_u32 k, const float *la,
             mw[j] = ((bits >> j) & 1u) << 31;
         }
         for (emilio_u32 r = 0; r < m; ++r) {
+            // The row's W logs and masks as 16-byte loads too (lr, sr are 16-byte aligned: la
+            // and sa are, k % 4 == 0 and kk % W == 0 with W ≥ 4). Element by element, a warp's
+            // 4-byte loads at a 4·W-byte stride touch W times the sectors they use; on the H200
+            // that made the f16 GEMV slower than the f32 one at half the weight bytes.
             const float *lr = la + emilio_u64(r) * k + kk;
             const emilio_u32 *sr = sa + emilio_u64(r) * k + kk;
+            alignas(16) float l[W];
+            alignas(16) emilio_u32 s[W];
+#pragma unroll
+            for (emilio_u32 q = 0; q < W; q += 4) {
+                *reinterpret_cast<uint4 *>(l + q) = *reinterpret_cast<const uint4 *>(lr + q);
+                *reinterpret_cast<uint4 *>(s + q) = *reinterpret_cast<const uint4 *>(sr + q);
+            }
             float a = acc[r];
 #pragma unroll
             for (emilio_u32 j = 0; j < W; ++j) {
-                a += emilio_signed_exp(lr[j] + lw[j], sr[j] ^ mw[j]);
+                a += emilio_signed_exp(l[j] + lw[j], s[j] ^ mw[j]);
             }
             acc[r] = a;
         }

@@ -271,9 +271,10 @@ fn check_linear(what: &str, got: &Tensor, x: &Tensor, w: &LogWeight) {
 /// The CUDA GEMV reads magnitudes 16 bytes at a time (8 f16 or 4 f32 per lane) when `in` is
 /// a multiple of that and of 4 and the rows are 16-byte aligned, and one element per lane
 /// otherwise: both loops, for 1 to 4 rows, `out` not a multiple of the 4 features per block,
-/// against the CPU, with the loop that ran told by its 16-byte loads (`out·in/W` of them:
-/// each magnitude read once). Metal has the scalar loop only. Then a weight whose magnitudes
-/// start one element into their buffer: misaligned rows take the scalar loop.
+/// against the CPU, with the loop that ran told by its 16-byte loads (`out·in/W` of them for
+/// the magnitudes, each read once, and `2·out·rows·in/4` for the activations' logs and masks).
+/// Metal has the scalar loop only. Then a weight whose magnitudes start one element into their
+/// buffer: misaligned rows take the scalar loop.
 fn gemv_vector_and_scalar_loops_match_the_cpu(gpu: Backend) {
     let em = emulator_or_skip!(gpu);
     let dtypes = [DType::F32, DType::F32, DType::F16, DType::BF16];
@@ -296,8 +297,10 @@ fn gemv_vector_and_scalar_loops_match_the_cpu(gpu: Backend) {
                     got.kernel
                 );
                 let vectorised = gpu == Backend::Cuda && in_dim % width == 0 && in_dim % 4 == 0;
+                // Each magnitude once, and each output's rows of activation logs and masks
+                // four at a time.
                 let loads = if vectorised {
-                    out_dim * in_dim / width
+                    out_dim * in_dim / width + out_dim * rows * (in_dim / 4) * 2
                 } else {
                     0
                 };
