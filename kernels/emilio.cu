@@ -264,76 +264,47 @@ struct emilio_vec {
     static constexpr emilio_u32 width = 16 / sizeof(typename MAG::storage);
 };
 
-// One step of the vectorised GEMV loop: the W magnitudes w and sign bits `bits` of elements
-// kk .. kk + W of the weight row, against each activation row's W logs and masks. Those are read
-// as 16-byte loads too (lr, sr are 16-byte aligned: la and sa are, k % 4 == 0 and kk % W == 0
-// with W ≥ 4): element by element, a warp's 4-byte loads at a 4·W-byte stride touch W times the
-// sectors they use, which on the H200 made the f16 GEMV slower than the f32 one.
-template <typename MAG>
-EMILIO_DEVICE void emilio_gemv_vec_step(emilio_u32 m, emilio_u32 k, const float *la,
-                                        const emilio_u32 *sa,
-                                        const typename MAG::storage *w, emilio_u32 bits,
-                                        emilio_u32 kk, float *acc) {
-    constexpr emilio_u32 W = emilio_vec<MAG>::width;
-    float lw[W];
-    emilio_u32 mw[W];
-#pragma unroll
-    for (emilio_u32 j = 0; j < W; ++j) {
-        lw[j] = MAG::load(w[j]);
-        mw[j] = ((bits >> j) & 1u) << 31;
-    }
-    for (emilio_u32 r = 0; r < m; ++r) {
-        const float *lr = la + emilio_u64(r) * k + kk;
-        const emilio_u32 *sr = sa + emilio_u64(r) * k + kk;
-        alignas(16) float l[W];
-        alignas(16) emilio_u32 s[W];
-#pragma unroll
-        for (emilio_u32 q = 0; q < W; q += 4) {
-            *reinterpret_cast<uint4 *>(l + q) = *reinterpret_cast<const uint4 *>(lr + q);
-            *reinterpret_cast<uint4 *>(s + q) = *reinterpret_cast<const uint4 *>(sr + q);
-        }
-        float a = acc[r];
-#pragma unroll
-        for (emilio_u32 j = 0; j < W; ++j) {
-            a += emilio_signed_exp(l[j] + lw[j], s[j] ^ mw[j]);
-        }
-        acc[r] = a;
-    }
-}
-
 // The vectorised GEMV loop: lane l owns elements kk .. kk + W of each run of 32·W, reading W
 // magnitudes as one 16-byte load (a warp reads 512 contiguous bytes), their W sign bits from one
 // packed word (W divides 32, so they never straddle two), and W logs and masks of each
-// activation row. Needs k % W == 0 and 16-byte aligned rows (checked by the caller). The weight
-// loads of `depth` steps are issued before any of their products: the row is read once, from
-// memory, and one step's load at a time left each warp waiting a full memory latency per
-// 512 bytes (the H200's lm_head GEMV read at a third of its copy bandwidth). Each lane still
-// adds its products in the order of kk, so the sums are the same as one step at a time.
+// activation row. Needs k % W == 0 and 16-byte aligned rows (checked by the caller).
 template <typename MAG>
 EMILIO_DEVICE void emilio_gemv_vec(emilio_u32 m, emilio_u32 k, const float *la,
                                    const emilio_u32 *sa, const typename MAG::storage *wrow,
                                    const emilio_u32 *srow, emilio_u32 lane, float *acc) {
     constexpr emilio_u32 W = emilio_vec<MAG>::width;
-    constexpr emilio_u32 step = EMILIO_SIMD_WIDTH * W;
-    constexpr emilio_u32 depth = 4;
-    for (emilio_u32 k0 = lane * W; k0 < k; k0 += depth * step) {
-        alignas(16) typename MAG::storage w[depth][W]; // destinations of 16-byte stores
-        emilio_u32 bits[depth];
+    for (emilio_u32 kk = lane * W; kk < k; kk += EMILIO_SIMD_WIDTH * W) {
+        alignas(16) typename MAG::storage w[W]; // the destination of a 16-byte store
+        // One 16-byte load: wrow + kk is 16-byte aligned because the row is and kk % W == 0.
+        *reinterpret_cast<uint4 *>(w) = *reinterpret_cast<const uint4 *>(wrow + kk);
+        const emilio_u32 bits = srow[kk / EMILIO_SIGN_BITS_PER_WORD] >> (kk % EMILIO_SIGN_BITS_PER_WORD);
+        float lw[W];
+        emilio_u32 mw[W];
 #pragma unroll
-        for (emilio_u32 d = 0; d < depth; ++d) {
-            const emilio_u32 kk = k0 + d * step;
-            if (kk < k) {
-                // wrow + kk is 16-byte aligned because the row is and kk % W == 0.
-                *reinterpret_cast<uint4 *>(w[d]) = *reinterpret_cast<const uint4 *>(wrow + kk);
-                bits[d] = srow[kk / EMILIO_SIGN_BITS_PER_WORD] >> (kk % EMILIO_SIGN_BITS_PER_WORD);
-            }
+        for (emilio_u32 j = 0; j < W; ++j) {
+            lw[j] = MAG::load(w[j]);
+            mw[j] = ((bits >> j) & 1u) << 31;
         }
+        for (emilio_u32 r = 0; r < m; ++r) {
+            // The row's W logs and masks as 16-byte loads too (lr, sr are 16-byte aligned: la
+            // and sa are, k % 4 == 0 and kk % W == 0 with W ≥ 4). Element by element, a warp's
+            // 4-byte loads at a 4·W-byte stride touch W times the sectors they use; on the H200
+            // that made the f16 GEMV slower than the f32 one at half the weight bytes.
+            const float *lr = la + emilio_u64(r) * k + kk;
+            const emilio_u32 *sr = sa + emilio_u64(r) * k + kk;
+            alignas(16) float l[W];
+            alignas(16) emilio_u32 s[W];
 #pragma unroll
-        for (emilio_u32 d = 0; d < depth; ++d) {
-            const emilio_u32 kk = k0 + d * step;
-            if (kk < k) {
-                emilio_gemv_vec_step<MAG>(m, k, la, sa, w[d], bits[d], kk, acc);
+            for (emilio_u32 q = 0; q < W; q += 4) {
+                *reinterpret_cast<uint4 *>(l + q) = *reinterpret_cast<const uint4 *>(lr + q);
+                *reinterpret_cast<uint4 *>(s + q) = *reinterpret_cast<const uint4 *>(sr + q);
             }
+            float a = acc[r];
+#pragma unroll
+            for (emilio_u32 j = 0; j < W; ++j) {
+                a += emilio_signed_exp(l[j] + lw[j], s[j] ^ mw[j]);
+            }
+            acc[r] = a;
         }
     }
 }
