@@ -82,8 +82,10 @@ run() {
   mkdir -p "$out"
   local bin=/tmp/gpu-check-bin
   rm -rf "$bin" && mkdir -p "$bin" && tar -C "$bin" --strip-components=1 -xJf "$stage/bin.tar.xz"
-  # The CUDA 13 libraries the binaries link (cuBLAS, cuRAND, the runtime, NVRTC) come with the
-  # machine's PyTorch wheels; the driver's libcuda with the driver.
+  # The CUDA 13 libraries the binaries link (cuBLAS, cuRAND, the runtime, NVRTC) are the
+  # machine's toolkit's (on the lent H200: /usr/local/cuda/targets/x86_64-linux/lib), libcuda the
+  # driver's (/usr/local/nvidia/lib64); ldconfig's cache first, then a search of the usual
+  # places. A library not found is reported here, and the step that needs it fails to start.
   local dirs=()
   for lib in libcublas.so.13 libcurand.so.10 libcudart.so.13 libnvrtc.so.13 libcuda.so.1; do
     local found
