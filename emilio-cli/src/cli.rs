@@ -133,13 +133,22 @@ pub struct ModelArgs {
     /// Device to run on; cuda and metal need a build with `--features cuda` / `metal`.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
-    /// Storage format of the log-domain weights: f16 (half the bytes of f32) or f32 (exact).
-    #[arg(long, default_value_t = WeightFormat::F16, value_parser = parse_format)]
+    // The help of these two is generated from the library's lists (`crate::advice`).
+    #[arg(
+        long,
+        default_value_t = WeightFormat::F16,
+        value_parser = parse_format,
+        help = crate::advice::weight_format_help(),
+        long_help = crate::advice::weight_format_long_help()
+    )]
     pub weight_format: WeightFormat,
-    /// How each log-domain product's exp is taken: exact (≤ 2 ulp), fast (degree-4
-    /// polynomial, ≤ 3e-6 relative), mitchell (piecewise-linear, ≤ 3.92%) or lmul (L-Mul,
-    /// logs read from the float bits too, ≤ 7.29%). Bounds per product: docs/architecture.md.
-    #[arg(long = "exp", default_value_t = ExpMode::Exact, value_parser = parse_exp)]
+    #[arg(
+        long = "exp",
+        default_value_t = ExpMode::Exact,
+        value_parser = parse_exp,
+        help = crate::advice::exp_help(),
+        long_help = crate::advice::exp_long_help()
+    )]
     pub exp: ExpMode,
     /// Dtype of the activations, the KV cache and stock Candle's weights (f16 or bf16 is what
     /// GPUs usually run); log-domain products always accumulate in f32.
@@ -148,6 +157,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// `--weight-format` and `--exp` together.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig::new(self.weight_format, self.exp)
+    }
+
     /// The fork's options: `--weight-format` and `--exp`.
     pub fn options(&self) -> emilio_qwen::Options {
         emilio_qwen::Options::new(self.weight_format).with_exp(self.exp)

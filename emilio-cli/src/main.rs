@@ -4,6 +4,7 @@
 mod output;
 
 mod ab;
+mod advice;
 mod bench;
 mod chat;
 mod cli;

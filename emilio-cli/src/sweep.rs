@@ -59,8 +59,9 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     } else {
         args.pairs.clone()
     };
+    let device = crate::device::open(args.model.device)?;
     for pair in &pairs {
-        pair.check()?;
+        crate::advice::check_log_config(*pair, &device)?;
     }
     let eval_args = |config: LogConfig, reference: Option<PathBuf>, save: Option<PathBuf>| {
         let mut model = args.model.clone();

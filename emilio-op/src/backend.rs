@@ -4,6 +4,8 @@
 use candle_core::{Device, Error};
 use emilio_kernels::Backend;
 
+use crate::OpError;
+
 /// The error for running `op` on a GPU backend this build has no kernels for: emilio-op was
 /// built without the backend's feature (the only way to hold a CUDA or Metal tensor and reach
 /// it, since both paths implement every op).
@@ -11,12 +13,15 @@ use emilio_kernels::Backend;
 /// Candle's own default ("no cuda implementation for …") does not tell the user what to do;
 /// this one names the feature to build with, or the CPU as the way out.
 pub(crate) fn unsupported(op: &str, backend: Backend) -> Error {
-    let device = backend.name();
-    let feature = device.to_ascii_lowercase();
-    Error::Msg(format!(
-        "emilio-op was built without its `{feature}` feature, so {op} cannot run on a {device} \
-         device; rebuild with `--features {feature}` or run on the CPU (--device cpu)"
-    ))
+    OpError::BackendNotBuilt {
+        op: op.to_string(),
+        device: backend.name(),
+        feature: match backend {
+            Backend::Cuda => "cuda",
+            Backend::Metal => "metal",
+        },
+    }
+    .into()
 }
 
 /// A short name for the device in messages: `cpu`, or the GPU backend's name.

@@ -3,7 +3,7 @@
 use candle_core::{bail, DType, Error, Result, Tensor};
 
 use crate::backend::device_name;
-use crate::ExpMode;
+use crate::{ExpMode, OpError};
 
 /// `t` must be a float tensor.
 pub(crate) fn check_float(op: &str, t: &Tensor) -> Result<()> {
@@ -61,17 +61,15 @@ pub(crate) fn check_mode(op: &str, mode: ExpMode, x: &Tensor) -> Result<()> {
         );
     }
     if !x.device().is_cpu() {
-        bail!(
-            "{op}: the {mode} exp mode has CPU kernels only so far, and the input is on {}; \
-             use the exact mode (--exp exact) on a GPU, or run on the CPU",
-            device_name(x.device())
-        );
+        let err = OpError::CpuOnly {
+            what: format!("the {mode} exp mode"),
+            device: device_name(x.device()),
+            instead: "use ExpMode::Exact".into(),
+        };
+        bail!("{op}: {err}");
     }
     if x.dtype() == DType::F64 {
-        bail!(
-            "{op}: the {mode} exp mode approximates f32 arithmetic and has no f64 kernel; cast \
-             the input to f32, or use the exact mode (--exp exact) for f64"
-        );
+        bail!("{op}: {}", OpError::NoF64Kernel { exp: mode });
     }
     Ok(())
 }

@@ -89,6 +89,21 @@ impl ExpMode {
         }
     }
 
+    /// One line: how the mode takes each product's `exp`, and its error per product.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Self::Exact => "degree-6 polynomial exp, ≤ 2 ulp per product: the reference",
+            Self::Fast => "degree-4 polynomial of 2^f, ≤ 3e-6 + |x|·2⁻²³ per product",
+            Self::Mitchell => "Mitchell's piecewise-linear 2^t, −3.91% … +2.00% per product",
+            Self::Lmul => {
+                "L-Mul: both logs read from the float bits too, −7.29% … +6.25% per product"
+            }
+            Self::Table => {
+                "lns4 codes looked up in per-activation tables of exact exps, ≤ 6·2⁻²³ per product"
+            }
+        }
+    }
+
     /// The constant part of the mode's relative error bound per product (see the table on
     /// [`ExpMode`]); [`ExpMode::error_bound`] adds the part that grows with the exponent.
     pub fn error_bound_constant(self) -> f64 {

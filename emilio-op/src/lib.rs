@@ -8,14 +8,17 @@
 //!
 //! - [`log_matmul`] / [`broadcast_log_matmul`]: two activations, the shape rules of
 //!   `Tensor::matmul` / `broadcast_matmul` (attention's `Q·Kᵀ` and `P·V`).
-//! - [`LogWeight`]: a weight converted once into `ln|w|` (`f32` or `f16`, see
-//!   [`WeightFormat`]) plus one sign bit per weight.
+//! - [`LogWeight`]: a weight converted once into a [`WeightFormat`]: `ln|w|` (`f32` or
+//!   `f16`) plus one sign bit per weight, or log codes against group offsets (`lns8`, `lns4`).
 //! - [`LogLinear`] ([`log_linear`], [`log_linear_no_bias`]): a drop-in `candle_nn::Linear`.
 //! - [`ExpMode`] and [`WeightFormat`]: the precision dial. `exact` by default; `fast`,
 //!   `mitchell` (Mitchell's piecewise-linear exp) and `lmul` (L-Mul) trade a stated error per
 //!   product for speed, in [`log_matmul_with`] and through a [`LogConfig`] in [`LogWeight`] and
 //!   [`LogLinear`]; the `lns8` and `lns4` formats store 8.5 and 4.5 bits per weight
-//!   ([`lns`]), and `table` looks `lns4` products up in per-activation tables of exact exps.
+//!   ([`format`]: one module per format), and `table` looks `lns4` products up in
+//!   per-activation tables of exact exps.
+//! - [`OpError`]: what the op refuses, in this crate's terms, for an application to turn into
+//!   advice about its own options.
 //!
 //! # Using the op in your own model
 //! Swap `candle_nn::linear` for [`log_linear`] and `matmul` for [`log_matmul`]:
@@ -82,13 +85,14 @@
 mod backend;
 mod check;
 mod cpu;
+mod error;
 mod exp_mode;
+pub mod format;
 // The CUDA path: kernels/emilio.cu as PTX, launched through Candle's CUDA device.
 #[cfg(feature = "cuda")]
 mod cuda;
 mod linear;
 mod linear_op;
-pub mod lns;
 mod matmul;
 // The Metal path: kernels/emilio.metal through Candle's Metal device (`cfg(emilio_metal)`: the
 // `metal` feature on an Apple target, see build.rs).
@@ -108,7 +112,9 @@ pub fn cpu_isa() -> &'static str {
     cpu::isa::Isa::get().name()
 }
 
+pub use error::OpError;
 pub use exp_mode::ExpMode;
+pub use format::{LogConfig, WeightFormat};
 pub use linear::{log_linear, log_linear_b, log_linear_no_bias, LogLinear};
 pub use matmul::{broadcast_log_matmul, broadcast_log_matmul_with, log_matmul, log_matmul_with};
-pub use weight::{LogConfig, LogWeight, WeightFormat};
+pub use weight::LogWeight;

@@ -181,7 +181,7 @@ fn act_suffix(gpu: Backend, op: &str, dtype: DType) -> Result<&'static str> {
         DType::BF16 => "bf16",
         DType::F64 => bail!(
             "{op} cannot run in f64 on a {} device: {}; \
-             convert the input with to_dtype(DType::F32), or run on the CPU (--device cpu)",
+             convert the input with to_dtype(DType::F32), or run on the CPU (Device::Cpu)",
             gpu.name(),
             no_f64(gpu)
         ),

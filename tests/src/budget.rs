@@ -159,7 +159,7 @@ impl Budget {
     }
 
     /// Budget for `LogLinear` with `lns8` or `lns4` weights, against the weight as stored (the
-    /// formats' own error is tested apart, in `emilio_op::lns`): the kernel decodes a code's log
+    /// formats' own error is tested apart, in `emilio_op::format`): the kernel decodes a code's log
     /// as `q·step + offset` in `f32`, two roundings, `≤ 3u·|lb| + 8.4u` (`|offset| ≤ |lb| +
     /// q·step`, `q·step ≤ 127/16·ln 2 = 5.5` for lns8 and `≤ 7·1.2 = 8.4` for lns4).
     pub fn linear_lns(x_dtype: DType) -> Self {

@@ -120,7 +120,7 @@ fn log_abs(x: f64) -> f64 {
 
 /// The reference of a linear layer, `x·wᵀ (+ bias)`, over the original (unconverted) weight `w`
 /// `(out, in)` with the budget of the weight format and exp mode (a format alone: exact); for
-/// `lns8` and `lns4`, whose error per weight is the format's own (`emilio_op::lns`), `w` is the weight as
+/// `lns8` and `lns4`, whose error per weight is the format's own (`emilio_op::format`), `w` is the weight as
 /// stored (`LogWeight::dequantize`) and the budget the op's alone; shaped like the layer's output
 /// `(..., out)` for `x` `(..., in)` of any layout.
 pub fn reference_linear(

@@ -201,3 +201,53 @@ fn weight_format_parse_error_names_the_input() {
     let e = "q8".parse::<WeightFormat>().unwrap_err();
     assert!(e.to_string().contains("q8"), "{e}");
 }
+
+/// The library speaks in its own terms: its refusals name values, types and methods, never
+/// an application's command-line flags (the CLI adds those), and the pre-checks return them
+/// typed.
+#[test]
+fn refusals_are_in_api_terms_and_typed() {
+    use emilio_op::{log_matmul_with, ExpMode, LogConfig, OpError};
+    let w = f32s(&[4, 8]);
+    let mut messages = Vec::new();
+    for format in WeightFormat::ALL {
+        for exp in ExpMode::ALL {
+            let config = LogConfig::new(format, exp);
+            if config.is_supported() {
+                continue;
+            }
+            match config.check() {
+                Err(OpError::UnsupportedPair {
+                    format: f, exp: e, ..
+                }) => {
+                    assert_eq!((f, e), (format.name(), exp), "{config}")
+                }
+                other => panic!("{config}: {other:?}"),
+            }
+            messages.push(expect_err("unsupported pair", || {
+                LogWeight::from_tensor(&w, config)
+            }));
+        }
+    }
+    let x64 = randn(2, &[2, 8], 1.0, DType::F64);
+    for exp in [ExpMode::Fast, ExpMode::Mitchell, ExpMode::Lmul] {
+        messages.push(expect_err("f64 in an approximate mode", || {
+            log_matmul_with(&x64, &x64.t()?, exp)
+        }));
+    }
+    let mut bad = vec![1.0f32; 32];
+    bad[5] = f32::INFINITY;
+    let bad = Tensor::from_vec(bad, (1, 32), &Device::Cpu).unwrap();
+    messages.push(expect_err("inf in lns8", || {
+        LogWeight::from_tensor(&bad, WeightFormat::Lns8)
+    }));
+    let lmul =
+        LogWeight::from_tensor(&w, LogConfig::new(WeightFormat::F16, ExpMode::Lmul)).unwrap();
+    messages.push(expect_err("switching out of lmul", || {
+        lmul.with_exp(ExpMode::Exact)
+    }));
+    assert!(messages.len() >= 8);
+    for m in &messages {
+        assert!(!m.contains("--"), "a flag in a library error: {m}");
+    }
+}

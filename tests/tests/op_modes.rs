@@ -321,7 +321,7 @@ fn mode_names_round_trip_and_unknown_ones_are_refused() {
 /// `lns8` and `lns4` layers in every mode they pair with, against the reference over the weight as stored
 /// (`dequantize`): decode (≤ 4 rows, the kernel that reads codes directly) and prefill shapes
 /// (codes widened into tiles), odd `in` (a partial last group), f32/f16/bf16 and f64
-/// activations. The formats' own error per weight is `emilio_op::lns`'s unit tests.
+/// activations. The formats' own error per weight is `emilio_op::format`'s unit tests.
 #[test]
 fn lns_layers_are_within_the_ops_bound_against_the_stored_weight() {
     let shapes = [
@@ -386,7 +386,7 @@ fn lns8_stores_about_a_quarter_of_f32_and_refuses_what_it_cannot_hold() {
     // The stored weight is within the format's stated error of every weight: half a step of
     // the log relative, or half the smallest code's value (below 2^-(126 steps) of a group's
     // largest, at most 4.5σ = 0.225 here) absolute.
-    let half_step = 0.5 / f64::from(1u32 << emilio_op::lns::LNS8_FRAC_BITS);
+    let half_step = 0.5 / f64::from(1u32 << emilio_op::format::lns8::FRAC_BITS);
     let (rel, small) = (
         2f64.powf(half_step) - 1.0,
         0.225 * 2f64.powf(-126.0 * 2.0 * half_step),
@@ -520,8 +520,51 @@ fn table_mode_is_exact_exps_of_the_lns4_codes() {
         err.contains("table") && err.contains("activations"),
         "{err}"
     );
-    let err = table.with_exp(ExpMode::Exact).unwrap_err().to_string();
+    let err = emilio_tests::error_text(&table.with_exp(ExpMode::Exact).unwrap_err());
     assert!(err.contains("blocks of 16 rows"), "{err}");
+    // One sentence: no escaped line break left in it (a `\\` once printed a backslash and the
+    // next line's indentation), and it says how to get a weight for the other mode.
+    assert!(!err.contains('\\') && !err.contains("  "), "{err:?}");
+    assert!(err.contains("LogConfig::new(lns4, exact)"), "{err}");
     let plain = LogWeight::from_tensor(&w, WeightFormat::Lns4).unwrap();
-    assert!(plain.with_exp(ExpMode::Table).is_err());
+    let err = emilio_tests::error_text(&plain.with_exp(ExpMode::Table).unwrap_err());
+    assert!(
+        err.contains("blocks of 16 rows") && !err.contains('\\') && !err.contains("  "),
+        "{err:?}"
+    );
+}
+
+/// The registry of formats: names round-trip, each format's stated bits per weight are what
+/// a converted weight occupies, and the modes each format lists are the pairs the op runs.
+#[test]
+fn every_registered_format_is_what_it_says() {
+    let w = randn(11, &[32, 96], 0.05, DType::F32);
+    let x = randn(12, &[3, 96], 1.0, DType::F32);
+    for format in WeightFormat::ALL {
+        assert_eq!(format.name().parse::<WeightFormat>().unwrap(), format);
+        assert_eq!(format.to_string(), format.name());
+        assert!(!format.summary().is_empty());
+        let modes = format.exp_modes();
+        assert!(modes.contains(&ExpMode::Exact), "{format}: {modes:?}");
+        for exp in ExpMode::ALL {
+            let config = LogConfig::new(format, exp);
+            assert_eq!(modes.contains(&exp), config.is_supported(), "{config}");
+            let converted = LogWeight::from_tensor(&w, config);
+            if !modes.contains(&exp) {
+                assert!(converted.is_err(), "{config}");
+                continue;
+            }
+            let lw = converted.unwrap();
+            assert_eq!(lw.format(), format);
+            let bits = lw.size_in_bytes() as f64 * 8.0 / (32.0 * 96.0);
+            assert_eq!(bits, format.bits_per_weight(), "{config}");
+            // Every supported pair runs on the CPU, and a GPU check names what does not.
+            assert_eq!(lw.forward(&x).unwrap().dims(), &[3, 32]);
+            assert!(config.check_device(&Device::Cpu).is_ok());
+        }
+    }
+    let err = emilio_tests::error_text(&"lns16".parse::<WeightFormat>().unwrap_err());
+    for format in WeightFormat::ALL {
+        assert!(err.contains(&format!("\"{format}\"")), "{err}");
+    }
 }

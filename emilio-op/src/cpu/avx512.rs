@@ -323,7 +323,7 @@ fn lns8_terms(codes: __m128i, offset: __m512, x_sign: __m512i) -> (__m512, __m51
     let zero = _mm512_testn_epi32_mask(d, _mm512_set1_epi32(0x7f));
     let lw = _mm512_fmadd_ps(
         _mm512_cvtepi32_ps(q),
-        _mm512_set1_ps(crate::lns::STEP),
+        _mm512_set1_ps(crate::format::lns8::codes::STEP),
         offset,
     );
     let lw = _mm512_mask_mov_ps(lw, zero, _mm512_set1_ps(f32::NEG_INFINITY));
@@ -647,15 +647,16 @@ mod tests {
                     .collect();
                 let mut codes = vec![0u8; k];
                 let mut offsets = vec![f16::ZERO; k.div_ceil(32)];
-                crate::lns::encode_row(&row, &mut codes, &mut offsets).unwrap();
+                crate::format::lns8::codes::encode_row(&row, &mut codes, &mut offsets).unwrap();
                 // SAFETY: AVX-512F checked above.
                 let got = unsafe { log_dot_lns8::<E>(&la, &sa, &codes, &offsets) };
                 let want = log_dot_lns8_lanes::<E, true>(&la, &sa, &codes, &offsets);
                 assert!(same(got, want), "{mode} lns8 k={k}: {got:e} vs {want:e}");
 
-                let step = crate::lns::lns4_step(&row, k.max(1));
-                let mut bytes = vec![0u8; crate::lns::lns4_bytes_per_row(k)];
-                crate::lns::encode_row4(&row, &mut bytes, &mut offsets, step).unwrap();
+                let step = crate::format::lns4::codes::choose_step(&row, k.max(1));
+                let mut bytes = vec![0u8; crate::format::lns4::codes::bytes_per_row(k)];
+                crate::format::lns4::codes::encode_row(&row, &mut bytes, &mut offsets, step)
+                    .unwrap();
                 // SAFETY: AVX-512F checked above.
                 let got = unsafe { log_dot_lns4::<E>(&la, &sa, &bytes, &offsets, step) };
                 let want = log_dot_lns4_lanes::<E, true>(&la, &sa, &bytes, &offsets, step);

@@ -54,7 +54,7 @@ pub(crate) fn log_dot_lns8<E: ExpKernel + ExpSimd>(
     offsets: &[half::f16],
 ) -> f32 {
     debug_assert!(sa.len() == la.len() && codes.len() == la.len());
-    debug_assert!(offsets.len() == la.len().div_ceil(crate::lns::LNS8_GROUP));
+    debug_assert!(offsets.len() == la.len().div_ceil(crate::format::lns8::GROUP));
     match Isa::get() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA.
@@ -76,7 +76,7 @@ pub(crate) fn log_dot_lns4<E: ExpKernel + ExpSimd>(
     step: f32,
 ) -> f32 {
     debug_assert!(sa.len() == la.len());
-    debug_assert!(offsets.len() == la.len().div_ceil(crate::lns::LNS4_GROUP));
+    debug_assert!(offsets.len() == la.len().div_ceil(crate::format::lns4::GROUP));
     match Isa::get() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only detected on CPUs with AVX-512F, AVX2 and FMA.

@@ -1,16 +1,20 @@
-//! Stored log magnitudes of a weight (`f32` or `f16`) and their widening to `f32`.
+//! A weight's stored magnitudes as the CPU kernels borrow them, one variant per stored form
+//! ([`crate::format`]: `f32`/`f16` logs, `lns8` and `lns4` codes), and the widening of `f16`
+//! logs to `f32`.
 //!
-//! A [`LogWeight`](crate::LogWeight) keeps `ln|w|` in its [`WeightFormat`](crate::WeightFormat);
-//! the kernels read it in that form and widen in registers.
+//! The kernels read a weight in its stored form and widen or decode it in registers.
 
 use half::f16;
+
+use crate::format::lns4::codes as lns4;
+use crate::format::lns8::codes as lns8;
 
 /// Stored magnitudes, borrowed from the weight's CPU storage (a whole weight, or some rows).
 #[derive(Clone, Copy)]
 pub(crate) enum Magnitudes<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
-    /// `lns8` codes (sign in bit 7) and one offset per group of each row ([`crate::lns`]).
+    /// `lns8` codes (sign in bit 7) and one offset per group of each row ([`crate::format::lns8`]).
     Lns8 {
         codes: &'a [u8],
         offsets: &'a [f16],
@@ -30,7 +34,7 @@ impl<'a> Magnitudes<'a> {
             Self::F32(m) => Self::F32(&m[j0 * k..j1 * k]),
             Self::F16(m) => Self::F16(&m[j0 * k..j1 * k]),
             Self::Lns8 { codes, offsets } => {
-                let g = crate::lns::groups_per_row(k);
+                let g = lns8::groups_per_row(k);
                 Self::Lns8 {
                     codes: &codes[j0 * k..j1 * k],
                     offsets: &offsets[j0 * g..j1 * g],
@@ -41,10 +45,7 @@ impl<'a> Magnitudes<'a> {
                 offsets,
                 step,
             } => {
-                let (g, b) = (
-                    crate::lns::groups_per_row(k),
-                    crate::lns::lns4_bytes_per_row(k),
-                );
+                let (g, b) = (lns4::groups_per_row(k), lns4::bytes_per_row(k));
                 Self::Lns4 {
                     bytes: &bytes[j0 * b..j1 * b],
                     offsets: &offsets[j0 * g..j1 * g],

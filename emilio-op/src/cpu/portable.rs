@@ -10,7 +10,8 @@ use super::exp_kernel::ExpKernel;
 use super::float::LogFloat;
 use super::magnitude::{Magnitude, Magnitudes};
 use super::reduce::pairwise_sum;
-use crate::lns::{decode_log, decode_log4, lns4_code, LNS4_GROUP, LNS8_GROUP, STEP, TABLE_ROWS};
+use crate::format::lns4::codes::{self as lns4, TABLE_ROWS};
+use crate::format::lns8::codes::{self as lns8, STEP};
 
 /// Table entries per activation in the table mode: every 4-bit code.
 const TABLE_CODES: usize = 16;
@@ -18,7 +19,7 @@ use crate::packing::{sign_bit, SIGN_BITS_PER_WORD};
 
 const W: usize = SIGN_BITS_PER_WORD;
 // The lns8 kernel gives lane `l` element `l` of each group: one offset per 32 lanes.
-const _: () = assert!(LNS8_GROUP == W);
+const _: () = assert!(lns8::GROUP == W);
 
 /// The portable body: `LANES` independent accumulators break the add dependency chain so
 /// consecutive `exp`s overlap, and give the vectoriser a fixed-width loop.
@@ -181,8 +182,8 @@ pub(crate) fn table_block_lanes<const FMA: bool>(
     let mut acc = [-0.0f32; TABLE_ROWS];
     for (g, scale) in scales.chunks_exact(TABLE_ROWS).enumerate() {
         let mut sum = [-0.0f32; TABLE_ROWS];
-        for p in 0..LNS4_GROUP / 2 {
-            let k0 = g * LNS4_GROUP + 2 * p;
+        for p in 0..lns4::GROUP / 2 {
+            let k0 = g * lns4::GROUP + 2 * p;
             let b = &bytes[(k0 / 2) * TABLE_ROWS..(k0 / 2 + 1) * TABLE_ROWS];
             let (t0, t1) = (
                 &tables[k0 * TABLE_CODES..(k0 + 1) * TABLE_CODES],
@@ -212,9 +213,9 @@ pub(crate) fn log_dot_weight_row_scalar<T: LogFloat, E: ExpKernel>(
         Magnitudes::F32(m) => (T::from_f32(m[i]), sign_bit(signs, i)),
         Magnitudes::F16(m) => (T::from_f32(m[i].to_f32()), sign_bit(signs, i)),
         Magnitudes::Lns8 { codes, offsets } => {
-            let offset = offsets[i / LNS8_GROUP].to_f32();
+            let offset = offsets[i / lns8::GROUP].to_f32();
             (
-                T::from_f32(decode_log(codes[i], offset)),
+                T::from_f32(lns8::decode_log(codes[i], offset)),
                 u32::from(codes[i] >> 7),
             )
         }
@@ -223,9 +224,12 @@ pub(crate) fn log_dot_weight_row_scalar<T: LogFloat, E: ExpKernel>(
             offsets,
             step,
         } => {
-            let c = lns4_code(bytes, i);
-            let offset = offsets[i / LNS4_GROUP].to_f32();
-            (T::from_f32(decode_log4(c, offset, step)), u32::from(c >> 3))
+            let c = lns4::code_at(bytes, i);
+            let offset = offsets[i / lns4::GROUP].to_f32();
+            (
+                T::from_f32(lns4::decode_log(c, offset, step)),
+                u32::from(c >> 3),
+            )
         }
     };
     let mut acc = [T::NEG_ZERO; 4];

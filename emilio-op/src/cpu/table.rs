@@ -2,12 +2,13 @@
 //! of the 16 signed products of every code, then per block of 16 weight rows one lookup
 //! (`vpermps`) and one add per 16 products, and one scaling per group of 32.
 //!
-//! The weight's codes are stored by blocks of [`ROWS`] rows ([`crate::lns`]): for each pair of
+//! The weight's codes are stored by blocks of [`ROWS`] rows ([`crate::format::lns4`]): for each pair of
 //! columns `(2p, 2p+1)`, 16 bytes, byte `r` holding row `r`'s code of column `2p` in its low
 //! nibble and of column `2p + 1` in its high one. So 16 bytes give 32 products of 16 outputs
 //! with no shuffle, and the same table entry is read by all 16 outputs.
 
-use candle_core::{CpuStorage, Layout, Shape};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use half::f16;
 use rayon::prelude::*;
 
@@ -16,7 +17,7 @@ use super::input::Input;
 use super::isa::Isa;
 use super::portable::table_block_lanes;
 use super::split::{ln_split, MatrixView};
-use crate::lns::{groups_per_row, LNS4_GROUP, TABLE_ROWS as ROWS};
+use crate::format::lns4::codes::{groups_per_row, GROUP, TABLE_ROWS as ROWS};
 use crate::ExpMode;
 
 /// Table entries per activation: every 4-bit code.
@@ -34,17 +35,31 @@ pub(crate) struct TableWeight<'a> {
     pub k: usize,
 }
 
-/// `x · wᵀ` for activations `x` (`(…, k)`, any layout) against a table-mode weight.
-pub(crate) fn table_linear<S: Input<Acc = f32>>(
-    x: &[S],
+/// `x · wᵀ` for activations `x` (`(…, k)`, any layout, `f32`, `f16` or `bf16`) against a
+/// table-mode weight.
+pub(crate) fn table_forward(
+    x: &CpuStorage,
     lx: &Layout,
     w: &TableWeight,
-) -> (CpuStorage, Shape) {
+) -> Result<(CpuStorage, Shape)> {
+    match x {
+        CpuStorage::F32(x) => Ok(table_linear(x, lx, w)),
+        CpuStorage::F16(x) => Ok(table_linear(x, lx, w)),
+        CpuStorage::BF16(x) => Ok(table_linear(x, lx, w)),
+        _ => bail!(
+            "a log-domain linear layer in the table mode needs f32, f16 or bf16 activations, got {:?}",
+            x.dtype()
+        ),
+    }
+}
+
+/// `x · wᵀ` for activations `x` (`(…, k)`, any layout) against a table-mode weight.
+fn table_linear<S: Input<Acc = f32>>(x: &[S], lx: &Layout, w: &TableWeight) -> (CpuStorage, Shape) {
     let view = MatrixView::rows_of(lx);
     let m = view.batch() * view.rows;
     let split = ln_split(ExpMode::Exact, x, &view);
     let (k, n) = (w.k, w.n);
-    let k_pad = groups_per_row(k) * LNS4_GROUP;
+    let k_pad = groups_per_row(k) * GROUP;
     let groups = groups_per_row(k);
     let blocks = n.div_ceil(ROWS);
     // Every row's table, then every (row, group)'s scale exp(offset).

@@ -1,11 +1,17 @@
-//! A [`LogWeight`](crate::LogWeight)'s rows as kernel columns, widened tile by tile.
+//! A [`LogWeight`](crate::LogWeight)'s rows as kernel columns, widened tile by tile, and the
+//! product of activations with them ([`weight_linear`]): every stored form but the table
+//! mode's runs through it.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 
 use super::dot::LogDot;
-use super::gemm::Columns;
+use super::gemm::{log_gemm, Columns};
+use super::input::Input;
 use super::magnitude::Magnitudes;
-use crate::lns::{
-    decode_log, decode_log4, groups_per_row, lns4_bytes_per_row, lns4_code, LNS4_GROUP, LNS8_GROUP,
-};
+use super::split::{ln_split, MatrixView};
+use crate::format::lns4::codes as lns4;
+use crate::format::lns8::codes as lns8;
 use crate::packing::{sign_bit, sign_words_per_row};
 use crate::ExpMode;
 
@@ -51,20 +57,20 @@ impl<T: LogDot> Columns<T> for WeightColumns<'_> {
             Magnitudes::F16(m) => T::convert_f16(m, &mut scratch.logs),
             Magnitudes::Lns8 { codes, offsets } => {
                 // The sign is in each code: logs and masks both come from it.
-                let g = groups_per_row(k);
+                let g = lns8::groups_per_row(k);
                 let rows = scratch.logs.chunks_exact_mut(k.max(1));
                 let mask_rows = scratch.masks.chunks_exact_mut(k.max(1));
                 for (j, (logs, masks)) in rows.zip(mask_rows).enumerate() {
                     let codes = &codes[j * k..(j + 1) * k];
                     let offsets = &offsets[j * g..(j + 1) * g];
-                    let groups = codes.chunks(LNS8_GROUP).zip(offsets).zip(
-                        logs.chunks_mut(LNS8_GROUP)
-                            .zip(masks.chunks_mut(LNS8_GROUP)),
+                    let groups = codes.chunks(lns8::GROUP).zip(offsets).zip(
+                        logs.chunks_mut(lns8::GROUP)
+                            .zip(masks.chunks_mut(lns8::GROUP)),
                     );
                     for ((codes, offset), (logs, masks)) in groups {
                         let offset = offset.to_f32();
                         for ((&c, l), m) in codes.iter().zip(logs).zip(masks) {
-                            *l = T::from_f32(decode_log(c, offset));
+                            *l = T::from_f32(lns8::decode_log(c, offset));
                             *m = T::mask_from_bit(u32::from(c >> 7));
                         }
                     }
@@ -76,16 +82,16 @@ impl<T: LogDot> Columns<T> for WeightColumns<'_> {
                 offsets,
                 step,
             } => {
-                let (g, b) = (groups_per_row(k), lns4_bytes_per_row(k));
+                let (g, b) = (lns4::groups_per_row(k), lns4::bytes_per_row(k));
                 let rows = scratch.logs.chunks_exact_mut(k.max(1));
                 let mask_rows = scratch.masks.chunks_exact_mut(k.max(1));
                 for (j, (logs, masks)) in rows.zip(mask_rows).enumerate() {
                     let bytes = &bytes[j * b..(j + 1) * b];
                     let offsets = &offsets[j * g..(j + 1) * g];
                     for (i, (l, m)) in logs.iter_mut().zip(masks.iter_mut()).enumerate() {
-                        let c = lns4_code(bytes, i);
-                        let offset = offsets[i / LNS4_GROUP].to_f32();
-                        *l = T::from_f32(decode_log4(c, offset, step));
+                        let c = lns4::code_at(bytes, i);
+                        let offset = offsets[i / lns4::GROUP].to_f32();
+                        *l = T::from_f32(lns4::decode_log(c, offset, step));
                         *m = T::mask_from_bit(u32::from(c >> 3));
                     }
                 }
@@ -112,4 +118,45 @@ impl<T: LogDot> Columns<T> for WeightColumns<'_> {
             self.signs.get(j * words..(j + 1) * words).unwrap_or(&[]),
         )
     }
+}
+
+/// `x · wᵀ` for activations `x` (`(…, k)`, any layout, any float dtype) against the weight rows
+/// `cols` (`n` of them), with the `exp` of `mode`.
+pub(crate) fn weight_linear(
+    mode: ExpMode,
+    x: &CpuStorage,
+    lx: &Layout,
+    n: usize,
+    cols: &WeightColumns,
+) -> Result<(CpuStorage, Shape)> {
+    match x {
+        CpuStorage::F32(x) => Ok(linear(mode, x, lx, n, cols)),
+        CpuStorage::F64(x) if mode == ExpMode::Exact => Ok(linear(mode, x, lx, n, cols)),
+        CpuStorage::F16(x) => Ok(linear(mode, x, lx, n, cols)),
+        CpuStorage::BF16(x) => Ok(linear(mode, x, lx, n, cols)),
+        CpuStorage::F64(_) => bail!(
+            "a log-domain linear layer: the {mode} exp mode has no f64 kernel; use the exact mode"
+        ),
+        _ => bail!(
+            "a log-domain linear layer needs float activations (f32, f64, f16, bf16), got {:?}",
+            x.dtype()
+        ),
+    }
+}
+
+fn linear<S: Input>(
+    mode: ExpMode,
+    x: &[S],
+    lx: &Layout,
+    n: usize,
+    cols: &WeightColumns,
+) -> (CpuStorage, Shape) {
+    let view = MatrixView::rows_of(lx);
+    let rows = view.batch() * view.rows;
+    let split = ln_split(mode, x, &view);
+    let y = log_gemm(mode, 1, (rows, n, cols.k), &split, cols);
+    let y: Vec<S> = y.into_iter().map(S::from_acc).collect();
+    let dims = lx.dims();
+    let shape = Shape::from(&dims[..dims.len() - 1]).extend(&[n]);
+    (S::to_cpu_storage_owned(y), shape)
 }

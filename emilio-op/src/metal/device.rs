@@ -103,7 +103,7 @@ impl Kernels {
             return Err(Error::Msg(format!(
                 "emilio's Metal kernels need a SIMD-group width of {SIMD_WIDTH} (every Apple \
                  GPU has it), but this GPU runs {name} {width} wide; run on the CPU \
-                 (--device cpu)"
+                 (Device::Cpu)"
             )));
         }
         pipelines.insert(name.to_string(), pipeline.clone());
