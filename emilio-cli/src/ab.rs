@@ -129,7 +129,7 @@ fn decode(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
 }
 
 pub fn run(args: &AbArgs) -> Result<()> {
-    let device = device::open(args.model.device)?;
+    let device = device::open_for(&args.model, true)?;
     let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let template = files.chat_template()?;

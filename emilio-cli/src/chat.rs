@@ -33,7 +33,7 @@ commands:
 anything else is your next message.";
 
 pub fn run(args: &ChatArgs) -> Result<()> {
-    let device = device::open(args.model.device)?;
+    let device = device::open_for(&args.model, args.backend == crate::cli::Backend::Emilio)?;
     let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let own = files.chat_template()?;

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
-use crate::cli::DeviceArg;
+use crate::cli::{DeviceArg, ModelArgs};
 
 /// Opens the device, or explains which build feature it needs.
 pub fn open(arg: DeviceArg) -> Result<Device> {
@@ -29,4 +29,15 @@ pub fn open(arg: DeviceArg) -> Result<Device> {
             Device::new_metal(0).context("opening Metal device 0")
         }
     }
+}
+
+/// Opens `--device` for a command that runs the log-domain model (`emilio` is true) and checks
+/// `--weight-format` and `--exp` against each other and the device, before any file is read:
+/// a pair the op cannot run is refused at once, with advice in flags.
+pub fn open_for(args: &ModelArgs, emilio: bool) -> Result<Device> {
+    let device = open(args.device)?;
+    if emilio {
+        crate::advice::check_log_config(args.log_config(), &device)?;
+    }
+    Ok(device)
 }

@@ -74,7 +74,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 /// Everything `emilio eval` measures, as its report (what `emilio sweep` runs per pair).
 pub fn evaluate(args: &EvalArgs) -> Result<EvalReport> {
     let start = Instant::now();
-    let device = device::open(args.model.device)?;
+    let device = device::open_for(&args.model, true)?;
     let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let file = args.file.display().to_string();

@@ -12,7 +12,7 @@ use crate::stream::TextStream;
 use crate::{device, source};
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let device = device::open(args.model.device)?;
+    let device = device::open_for(&args.model, args.backend == crate::cli::Backend::Emilio)?;
     let files = source::open(&args.model)?;
     let tokenizer = files.tokenizer()?;
     let template = files.chat_template()?;

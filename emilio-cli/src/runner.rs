@@ -36,9 +36,6 @@ impl Runner {
         device: &Device,
     ) -> Result<(Self, Load)> {
         let (options, dtype) = (args.options(), args.dtype.dtype());
-        if backend == Backend::Emilio {
-            crate::advice::check_log_config(args.log_config(), device)?;
-        }
         let start = Instant::now();
         let ckpt = &files.checkpoint;
         let (runner, memory) = LoadMemory::measure(|| -> Result<Runner> {

@@ -555,6 +555,64 @@ fn unknown_weight_format() {
         .fails_with(&needles);
 }
 
+/// A pair the op has no kernels for is refused before anything loads, naming the pair, why,
+/// and the --exp values that format does run with; the same on every model command.
+#[test]
+fn unsupported_pair_gets_flag_advice() {
+    let sb = Sandbox::new();
+    let dir = checkpoint(&sb, "ckpt");
+    let dir = s(&dir);
+    let pair = ["--weight-format", "lns8", "--exp", "lmul"];
+    let needles = [
+        "(lns8, lmul)",
+        "float bits",
+        "--weight-format lns8 runs with --exp exact, fast, mitchell",
+    ];
+    generate(&sb, dir, &pair).fails_with(&needles);
+    let mut ab = vec!["ab", "--model", dir, "--prompt", "hi"];
+    ab.extend_from_slice(&pair);
+    sb.run(ab).fails_with(&needles);
+    let table = ["--weight-format", "f16", "--exp", "table"];
+    generate(&sb, dir, &table).fails_with(&["(f16, table)", "--weight-format f16 runs with --exp"]);
+}
+
+/// The help of --weight-format and --exp is the library's own list: every format and mode,
+/// each with its summary; the top-level help names every command.
+#[test]
+fn help_lists_every_format_mode_and_command() {
+    use emilio_op::{ExpMode, WeightFormat};
+    let sb = Sandbox::new();
+    let help = sb.run(["generate", "--help"]).ok();
+    let text = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for f in WeightFormat::ALL {
+        let summary = f.summary().split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(text.contains(&format!("{f}: {summary}")), "{f}: {text}");
+    }
+    for e in ExpMode::ALL {
+        let summary = e.summary().split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(text.contains(&format!("{e}: {summary}")), "{e}: {text}");
+    }
+    let top = sb.run(["--help"]).ok();
+    for command in ["generate", "chat", "ab", "eval", "bench", "sweep", "synth"] {
+        assert!(
+            top.stdout.contains(&format!("  {command} ")),
+            "{command}: {}",
+            top.stdout
+        );
+    }
+    let about = top.stdout.lines().next().unwrap_or_default();
+    for word in [
+        "generate",
+        "chat",
+        "evaluate",
+        "benchmark",
+        "sweep",
+        "synthesise",
+    ] {
+        assert!(about.contains(word), "{word}: {about}");
+    }
+}
+
 #[test]
 fn unknown_preset_and_dtype() {
     let sb = Sandbox::new();

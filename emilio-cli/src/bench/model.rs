@@ -113,7 +113,7 @@ pub fn run(args: &BenchModelArgs) -> Result<()> {
 
 /// Everything `emilio bench model` measures, as its report (what `emilio sweep` runs per pair).
 pub fn measure(args: &BenchModelArgs) -> Result<ModelReport> {
-    let dev = device::open(args.model.device)?;
+    let dev = device::open_for(&args.model, true)?;
     let files = source::open(&args.model)?;
     let cfg = files.checkpoint.config.clone();
     let chosen = backends(args, &files)?;
