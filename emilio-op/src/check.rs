@@ -55,7 +55,7 @@ pub(crate) fn check_mode(op: &str, mode: ExpMode, x: &Tensor) -> Result<()> {
     }
     if mode == ExpMode::Table && op == "log_matmul" {
         bail!(
-            "log_matmul: the table mode looks products up by a weight's lns4 codes, and \
+            "log_matmul: the table mode looks products up by a weight's lns codes, and \
              log_matmul's operands are activations; use another mode (a model running table takes \
              ExpMode::for_activations, the exact mode, for attention)"
         );

@@ -20,7 +20,7 @@ use candle_core::{bail, Result};
 /// | `fast` | degree-4 polynomial of `2^f` | `3·10⁻⁶ + |x|·2⁻²³` | 10 |
 /// | `mitchell` | `2^⌊t⌋·(1 + frac t)`, zero-mean offset | `0.0392 + |x|·2⁻²³` | 7 |
 /// | `lmul` | Mitchell's log *and* exp (L-Mul) | `0.0729 + |x|·2⁻²²` | 7 |
-/// | `table` | `lns4` weights only: a lookup in a per-activation table of exact exps | `6·2⁻²³` | 1 (`vpermps`) |
+/// | `table` | lns weights only: a lookup in a per-activation table (`lns8`: and an exponent add) | `6·2⁻²³` | none (a lookup, an add; `lns8`: and an integer add) |
 ///
 /// where `x = ln|a| + ln|b|` is the sum the `exp` is applied to; the `|x|` term is the
 /// rounding of `t = x·log₂e` (twice where the CPU has no fused multiply-add). Overflow gives `+inf` and
@@ -52,15 +52,20 @@ pub enum ExpMode {
     /// of the bound, with the rounding of `t`). A subnormal
     /// operand is normalised before its bits are read, so the bound holds for it too.
     Lmul,
-    /// For `lns4` weights (the code formats' table mode, as in T-MAC and LUT-GEMM): per
-    /// activation `x_k`, a table of the 16 signed products `±exp(ln|x_k| + q·step)` of every
-    /// code, each an exact exp, shared by every output, so a product is one lookup (`vpermps`
-    /// of 16 outputs' codes at once) and an add; each group of 32 is then scaled once by
-    /// `exp(offset)` (an exact exp per output and group). Error per product: the two exps and
-    /// the scaling, within `6·2⁻²³`. A product overflows where `exp(ln|x| + q·step)` does,
-    /// before its group's scale. The codes are stored by blocks of 16 rows for it, so an `lns4`
-    /// weight converted for `table` runs only in `table`; attention's products, which have no
-    /// codes, are exact when a model runs `table`.
+    /// The lns formats' table mode (as in T-MAC and LUT-GEMM): per activation `x_k` a table
+    /// shared by every output, so a product is one lookup of 16 outputs' codes at once and an
+    /// add, and each group of 32 is scaled once by `exp(offset)` (an exact exp per output and
+    /// group). Error per product within `6·2⁻²³`.
+    /// - `lns4`: the table holds the 16 signed products `±exp(ln|x_k| + q·step)` of every code,
+    ///   each an exact exp (`vpermps`); the two exps and the scaling make the bound. A product
+    ///   overflows where `exp(ln|x| + q·step)` does, before its group's scale.
+    /// - `lns8`: a code `q = 16e + r` looks up `±x_k·2^(r/16)` (32 entries, `vpermt2ps`) and adds
+    ///   `e` to the float's exponent field: no exp per product at all, within `4·2⁻²³`
+    ///   ([`crate::format::lns8`]); products overflow and underflow where the true ones do.
+    ///
+    /// The codes are stored by blocks of 16 rows for it, so a weight converted for `table` runs
+    /// only in `table`; attention's products, which have no codes, are exact when a model runs
+    /// `table`.
     Table,
 }
 
@@ -99,7 +104,7 @@ impl ExpMode {
                 "L-Mul: both logs read from the float bits too, −7.29% … +6.25% per product"
             }
             Self::Table => {
-                "lns4 codes looked up in per-activation tables of exact exps, ≤ 6·2⁻²³ per product"
+                "lns codes looked up in per-activation tables, no exp per product, ≤ 6·2⁻²³ per product"
             }
         }
     }

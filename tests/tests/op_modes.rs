@@ -344,7 +344,10 @@ fn lns_layers_are_within_the_ops_bound_against_the_stored_weight() {
         let pairs = [WeightFormat::Lns8, WeightFormat::Lns4]
             .into_iter()
             .flat_map(|f| [ExpMode::Exact, ExpMode::Fast, ExpMode::Mitchell].map(|m| (f, m)))
-            .chain([(WeightFormat::Lns4, ExpMode::Table)]);
+            .chain([
+                (WeightFormat::Lns8, ExpMode::Table),
+                (WeightFormat::Lns4, ExpMode::Table),
+            ]);
         for (format, mode) in pairs {
             let config = LogConfig::new(format, mode);
             let weight = LogWeight::from_tensor(&w, config).unwrap();
@@ -451,13 +454,13 @@ fn lns8_zero_codes_are_ieee_zeros() {
 #[test]
 fn the_supported_pairs_are_the_ones_with_kernels() {
     let pairs = LogConfig::supported();
-    // 4 formats × 4 per-product modes, less lns8/lmul and lns4/lmul; and lns4/table.
-    assert_eq!(pairs.len(), 4 * 4 - 2 + 1);
+    // 4 formats × 4 per-product modes, less lns8/lmul and lns4/lmul; and lns8/lns4 table.
+    assert_eq!(pairs.len(), 4 * 4 - 2 + 2);
     for format in WeightFormat::ALL {
         for exp in ExpMode::ALL {
             let config = LogConfig::new(format, exp);
             let supported = match exp {
-                ExpMode::Table => format == WeightFormat::Lns4,
+                ExpMode::Table => format.is_lns(),
                 _ => !(format.is_lns() && exp == ExpMode::Lmul),
             };
             assert_eq!(config.is_supported(), supported, "{config}");
@@ -471,15 +474,26 @@ fn the_supported_pairs_are_the_ones_with_kernels() {
 /// and outputs that are not a multiple of its 16-row blocks; the same as `exact` on the same
 /// codes to within both modes' bounds; its IEEE edges; and its refusals.
 #[test]
-fn table_mode_is_exact_exps_of_the_lns4_codes() {
-    for (s, &(rows, in_dim, out_dim)) in [(1, 896, 256), (3, 33, 7), (17, 64, 40), (2, 4864, 19)]
-        .iter()
-        .enumerate()
-    {
+fn table_mode_products_are_the_stored_codes_values() {
+    let shapes = [
+        (1, 896, 256),
+        (3, 33, 7),
+        (17, 64, 40),
+        (2, 4864, 19),
+        (4, 100, 130),
+    ];
+    let cases = [WeightFormat::Lns8, WeightFormat::Lns4]
+        .into_iter()
+        .flat_map(|f| {
+            shapes
+                .iter()
+                .enumerate()
+                .map(move |(s, shape)| (f, s, *shape))
+        });
+    for (format, s, (rows, in_dim, out_dim)) in cases {
         let w = randn(70 + s as u64, &[out_dim, in_dim], 0.03, DType::F32);
-        let table =
-            LogWeight::from_tensor(&w, LogConfig::new(WeightFormat::Lns4, ExpMode::Table)).unwrap();
-        let plain = LogWeight::from_tensor(&w, WeightFormat::Lns4).unwrap();
+        let table = LogWeight::from_tensor(&w, LogConfig::new(format, ExpMode::Table)).unwrap();
+        let plain = LogWeight::from_tensor(&w, format).unwrap();
         // One conversion, two layouts: the same stored weight.
         let stored = table.dequantize().unwrap();
         assert_eq!(f32_bits(&stored), f32_bits(&plain.dequantize().unwrap()));
@@ -488,7 +502,7 @@ fn table_mode_is_exact_exps_of_the_lns4_codes() {
             let got = table.forward(&x).unwrap();
             assert_eq!(got.dims(), &[rows, out_dim]);
             reference_linear(&x, &stored, None, table.config())
-                .check(&format!("table {dtype:?}"), &got);
+                .check(&format!("{format}/table {dtype:?}"), &got);
         }
     }
     // IEEE: an infinite activation against a zero code is NaN; zeros keep their sign.
@@ -506,7 +520,7 @@ fn table_mode_is_exact_exps_of_the_lns4_codes() {
     assert_eq!(y[1][1].to_bits(), (-0.0f32).to_bits(), "{:?}", y[1]);
     assert!(y[2].iter().all(|v| v.is_nan()), "{:?}", y[2]);
     // Refusals: the pair for other formats, activation products, switching layouts.
-    for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::Lns8] {
+    for format in [WeightFormat::F32, WeightFormat::F16] {
         let err = LogWeight::from_tensor(&w, LogConfig::new(format, ExpMode::Table))
             .unwrap_err()
             .to_string();
@@ -531,6 +545,76 @@ fn table_mode_is_exact_exps_of_the_lns4_codes() {
     assert!(
         err.contains("blocks of 16 rows") && !err.contains('\\') && !err.contains("  "),
         "{err:?}"
+    );
+}
+
+/// `lns8`'s table mode at the edges: IEEE's specials and signed zeros, activations past the
+/// range its exponent add is exact in (computed in f64, so a product overflows or underflows
+/// where the true one does, no earlier), and bit for bit the f64 sum over the stored codes
+/// wherever it leaves the table path.
+#[test]
+fn lns8_table_edges_are_the_true_products() {
+    let config = LogConfig::new(WeightFormat::Lns8, ExpMode::Table);
+    let w = Tensor::new(
+        &[
+            [0.0f32, 1.0, 0.5],
+            [-0.0, 0.0, -0.0],
+            [2.0, -3.0, 1.5],
+            [1e30, 1e-30, -1.0],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let weight = LogWeight::from_tensor(&w, config).unwrap();
+    let stored = to_f64_vec(&weight.dequantize().unwrap());
+    let big = f32::from_bits((127 + 121) << 23); // past the table's 2^120
+    let rows: [[f32; 3]; 8] = [
+        [f32::INFINITY, 0.0, 1.0], // inf·0: NaN
+        [1.0, -0.0, 2.0],          // finite, with signed zeros among the products
+        [0.0, 0.0, 0.0],           // every product a zero: the signs decide
+        [-0.0, -0.0, -0.0],
+        [f32::NAN, 1.0, 1.0],
+        [3e38, 3e38, 1.0], // products past f32::MAX: +inf where the true ones are
+        [1e-40, -1e-41, 0.0], // subnormal activations
+        [big, 1.0, -big],
+    ];
+    let x = Tensor::new(&rows, &Device::Cpu).unwrap();
+    let y = weight.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        for j in 0..4 {
+            let mut want = -0.0f64;
+            for (k, &a) in row.iter().enumerate() {
+                want += f64::from(a) * stored[j * 3 + k];
+            }
+            let (got, want) = (y[i][j], want as f32);
+            let same = got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan());
+            // Rows 0 and 2–7 leave the table path (a special, or a zero result): bit for bit.
+            // Row 1 stays on it: within the bound, and zero results are exact zeros.
+            if i == 1 && want != 0.0 {
+                assert!(
+                    ((got - want) / want).abs() < 1e-6,
+                    "row {i} out {j}: {got} vs {want}"
+                );
+            } else {
+                assert!(
+                    same,
+                    "row {i} out {j}: {got:e} ({:#x}) vs {want:e}",
+                    got.to_bits()
+                );
+            }
+        }
+    }
+    assert!(y[0][0].is_nan() && y[4].iter().all(|v| v.is_nan()));
+    assert_eq!(y[5][3], f32::INFINITY);
+    // A large activation within the table's range: the exponent add does not overflow where
+    // the true product is finite.
+    let x = Tensor::new(&[[2f32.powi(119), 0.0, 0.0]], &Device::Cpu).unwrap();
+    let y = weight.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+    let want = 2f64.powi(119) * stored[2 * 3];
+    assert!(
+        ((f64::from(y[0][2]) - want) / want).abs() < 1e-6,
+        "{:?} vs {want:e}",
+        y[0]
     );
 }
 

@@ -1,6 +1,6 @@
 //! The CPU kernels: split activations into logs, then a parallel tiled log-domain product.
 //!
-//! The modules form layers that only point down (`docs/architecture.md`, "The CPU path"):
+//! The modules form layers that only point down (`docs/architecture.md`, "Kernel families per backend"):
 //!
 //! 1. numbers and constants: [`float`] (the accumulation types), [`exp`], [`approx`] (the
 //!    cheaper exps of the precision dial, Mitchell's log), [`exp_kernel`] (one type per mode), [`ln`],
@@ -8,8 +8,8 @@
 //! 2. kernels: [`portable`] (any CPU, the reference) and `avx512` (intrinsics);
 //! 3. dispatch per type and ISA: [`gemv`] (decode against a stored weight row), [`dot`];
 //! 4. drivers: [`input`] and [`split`] (activations to logs), [`gemm`] (the tiled parallel
-//!    product), [`weight_columns`] (a weight's rows as the product's columns), [`table`] (the
-//!    table mode's product).
+//!    product), [`weight_columns`] (a weight's rows as the product's columns), [`table`] and
+//!    [`lns8_table`] (the table mode's products for `lns4` and `lns8`).
 
 pub(crate) mod approx;
 #[cfg(target_arch = "x86_64")]
@@ -23,6 +23,7 @@ pub(crate) mod gemv;
 pub(crate) mod input;
 pub(crate) mod isa;
 pub(crate) mod ln;
+pub(crate) mod lns8_table;
 pub(crate) mod magnitude;
 pub(crate) mod portable;
 pub(crate) mod reduce;

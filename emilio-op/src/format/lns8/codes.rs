@@ -66,6 +66,57 @@ pub(crate) fn decode_value(code: u8, offset: f16) -> f64 {
     }
 }
 
+/// Rows per block of the table mode's layout ([`crate::ExpMode::Table`]).
+pub(crate) const TABLE_ROWS: usize = 16;
+
+/// A code as the table mode stores it: `r | s << 4 | e << 5` for the code's magnitude
+/// `q = 16e + r` and sign `s`, so that the low five bits index a 32-entry table of the signed
+/// `±|x|·2^(r/16)` and `e` is the power of two left to apply (`crate::cpu::lns8_table`).
+pub(crate) fn table_byte(code: u8) -> u8 {
+    let q = code & 0x7f;
+    (q & 15) | ((code >> 7) << 4) | ((q >> 4) << 5)
+}
+
+/// The code a table-mode byte stores ([`table_byte`] inverted).
+pub(crate) fn code_of_table_byte(byte: u8) -> u8 {
+    ((byte >> 4 & 1) << 7) | ((byte >> 5) << 4) | (byte & 15)
+}
+
+/// Rearranges row-major codes and offsets (`n` rows of `k`) into the table mode's blocks of
+/// [`TABLE_ROWS`] rows: per block and column 16 bytes, byte `r` holding row `r`'s
+/// [`table_byte`]; offsets per block, group, row. Rows past `n` and columns past `k` (to whole
+/// groups) are zero codes.
+pub(crate) fn table_blocks(
+    codes: &[u8],
+    offsets: &[f16],
+    n: usize,
+    k: usize,
+) -> (Vec<u8>, Vec<f16>) {
+    let groups = groups_per_row(k);
+    let k_pad = groups * GROUP;
+    let blocks = n.div_ceil(TABLE_ROWS);
+    let mut out = vec![0u8; blocks * k_pad * TABLE_ROWS];
+    let mut out_offsets = vec![f16::ZERO; blocks * groups * TABLE_ROWS];
+    for j in 0..n {
+        let (b, r) = (j / TABLE_ROWS, j % TABLE_ROWS);
+        let block = &mut out[b * k_pad * TABLE_ROWS..(b + 1) * k_pad * TABLE_ROWS];
+        for (i, &c) in codes[j * k..(j + 1) * k].iter().enumerate() {
+            block[i * TABLE_ROWS + r] = table_byte(c);
+        }
+        for g in 0..groups {
+            out_offsets[(b * groups + g) * TABLE_ROWS + r] = offsets[j * groups + g];
+        }
+    }
+    (out, out_offsets)
+}
+
+/// The code of weight `(j, i)` in the table mode's blocks (see [`table_blocks`]).
+pub(crate) fn table_code(blocks: &[u8], k: usize, j: usize, i: usize) -> u8 {
+    let k_pad = groups_per_row(k) * GROUP;
+    let (b, r) = (j / TABLE_ROWS, j % TABLE_ROWS);
+    code_of_table_byte(blocks[(b * k_pad + i) * TABLE_ROWS + r])
+}
+
 /// Encodes one row of weights into `codes` (one per weight) and `offsets` (one per group).
 ///
 /// Returns the index of the first weight that is not finite: the format has no code for
@@ -170,6 +221,42 @@ mod tests {
         let mut codes = [1u8; 3];
         encode_row(&[0.0, -0.0, 0.0], &mut codes, &mut offsets).unwrap();
         assert_eq!(codes, [0, 0x80, 0]);
+    }
+
+    #[test]
+    fn table_bytes_round_trip_and_blocks_hold_every_code() {
+        for code in 0..=255u8 {
+            let b = table_byte(code);
+            assert_eq!(code_of_table_byte(b), code, "{code:#x}");
+            let (q, r, e) = (code & 0x7f, b & 15, b >> 5);
+            assert_eq!(u32::from(q), 16 * u32::from(e) + u32::from(r), "{code:#x}");
+            assert_eq!(b >> 4 & 1, code >> 7, "{code:#x}");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        for (n, k) in [(1usize, 1usize), (16, 32), (17, 33), (40, 100)] {
+            let codes: Vec<u8> = (0..n * k).map(|_| rng.random()).collect();
+            let offsets: Vec<f16> = (0..n * groups_per_row(k))
+                .map(|_| f16::from_f32(rng.random_range(-9.0..1.0)))
+                .collect();
+            let (blocks, block_offsets) = table_blocks(&codes, &offsets, n, k);
+            for j in 0..n {
+                for i in 0..k {
+                    assert_eq!(table_code(&blocks, k, j, i), codes[j * k + i]);
+                }
+                for g in 0..groups_per_row(k) {
+                    let (b, r) = (j / TABLE_ROWS, j % TABLE_ROWS);
+                    let at = (b * groups_per_row(k) + g) * TABLE_ROWS + r;
+                    assert_eq!(block_offsets[at], offsets[j * groups_per_row(k) + g]);
+                }
+            }
+            // Padding rows and columns are zero codes.
+            let k_pad = groups_per_row(k) * GROUP;
+            for j in n..n.div_ceil(TABLE_ROWS) * TABLE_ROWS {
+                for i in 0..k_pad {
+                    assert_eq!(table_code(&blocks, k, j, i), 0);
+                }
+            }
+        }
     }
 
     #[test]
