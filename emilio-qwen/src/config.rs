@@ -1,4 +1,4 @@
-//! The model's configuration: one type for the two architectures the fork runs.
+//! The model's configuration: one type for every architecture the fork runs.
 //!
 //! Llama is Qwen2 without the q/k/v biases (and with Llama 3's optional rotary frequency
 //! scaling), so one [`Config`] describes both and one model serves both. It has stock
@@ -7,8 +7,14 @@
 //! each stock configuration ([`Config::to_stock_qwen2`], [`Config::to_stock_llama`]) for the
 //! A/B reference, and from stock's qwen2 one.
 //!
-//! It is read from a Hugging Face `config.json` ([`read_config`]) or from GGUF metadata
-//! (`crate::gguf`); both check the shapes the same way ([`Config::check`]).
+//! It is read from a Hugging Face `config.json` (`crate::architecture::read_config`, which
+//! looks the architecture up in the registry and calls its entry's reader) or from GGUF
+//! metadata (`crate::gguf`); both check the shapes the same way ([`Config::check`]).
+//!
+//! This module knows no architecture by name: what differs between them lives in their entries
+//! of the registry (`crate::architecture`), which sits above this module because an entry's
+//! reader builds a [`Config`]. That is why [`Architecture`] is a handle (a registered name)
+//! rather than an enum here: an enum would make this file change with every architecture.
 
 use std::fmt;
 use std::path::Path;
@@ -16,25 +22,29 @@ use std::path::Path;
 use candle_core::{bail, Error, Result};
 use candle_nn::Activation;
 use candle_transformers::models::{llama, qwen2};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// The model families the fork runs.
+/// Which architecture a model is: a handle to its entry in the registry
+/// (`crate::architecture`), which holds everything that differs between architectures (its
+/// names, its `config.json` reader, its GGUF layout, its stock reference).
+///
+/// Each entry declares its handle as an associated constant ([`Architecture::Qwen2`],
+/// [`Architecture::Llama`]); `Architecture::spec` (in `crate::architecture`) gives the entry.
+/// Handles compare, hash and print by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Architecture {
-    /// Qwen2 / Qwen2.5: biases on q/k/v, an optional sliding window.
-    Qwen2,
-    /// Llama 2 / 3.x and its descendants (SmolLM, TinyLlama, ...): no biases, optional Llama 3
-    /// rotary scaling.
-    Llama,
-}
+pub struct Architecture(&'static str);
 
 impl Architecture {
-    /// The name GGUF's `general.architecture` and `config.json`'s `model_type` use.
+    /// The handle of the registry entry named `name`: for the registry's entries only, which
+    /// is why it is not public (a handle with no entry would have no reader, no layout).
+    pub(crate) const fn named(name: &'static str) -> Self {
+        Self(name)
+    }
+
+    /// The entry's name: the `model_type` its `config.json` gives (for Qwen2 and Llama also
+    /// GGUF's `general.architecture`).
     pub fn name(self) -> &'static str {
-        match self {
-            Architecture::Qwen2 => "qwen2",
-            Architecture::Llama => "llama",
-        }
+        self.0
     }
 }
 
@@ -62,7 +72,7 @@ pub struct RopeScaling {
 /// biases and the rotary scaling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Qwen2 or Llama.
+    /// Which registered architecture (Qwen2, Llama): its entry says what differs.
     pub architecture: Architecture,
     /// Rows of the embedding table (and of the head).
     pub vocab_size: usize,
@@ -96,30 +106,6 @@ pub struct Config {
     pub attention_bias: bool,
     /// Llama 3.x rotary scaling, if any.
     pub rope_scaling: Option<RopeScaling>,
-}
-
-impl From<qwen2::Config> for Config {
-    fn from(c: qwen2::Config) -> Self {
-        Self {
-            architecture: Architecture::Qwen2,
-            vocab_size: c.vocab_size,
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_hidden_layers: c.num_hidden_layers,
-            num_attention_heads: c.num_attention_heads,
-            num_key_value_heads: c.num_key_value_heads,
-            max_position_embeddings: c.max_position_embeddings,
-            sliding_window: c.sliding_window,
-            max_window_layers: c.max_window_layers,
-            tie_word_embeddings: c.tie_word_embeddings,
-            rope_theta: c.rope_theta,
-            rms_norm_eps: c.rms_norm_eps,
-            use_sliding_window: c.use_sliding_window,
-            hidden_act: c.hidden_act,
-            attention_bias: true,
-            rope_scaling: None,
-        }
-    }
 }
 
 /// The longest context a model is run with, whatever its configuration claims: 2²⁰ positions
@@ -291,34 +277,8 @@ impl Config {
     }
 }
 
-/// Reads and checks a Hugging Face `config.json` of a Qwen2 or Llama model.
-///
-/// - The file must exist and parse as JSON (the error names the file).
-/// - The architecture comes from `architectures` (`Qwen2ForCausalLM`, `LlamaForCausalLM`) or
-///   `model_type` (`qwen2`, `llama`); anything else, or the two disagreeing, is an error naming
-///   what was found.
-/// - Qwen2: fields stock's config requires but that some published configs leave out or set to
-///   `null` get the value that means "no sliding window", which is what those configs mean:
-///   `sliding_window` → `max_position_embeddings`, `use_sliding_window` → `false`,
-///   `max_window_layers` → `num_hidden_layers`, `hidden_act` → `"silu"`.
-/// - Llama: `num_key_value_heads` defaults to the query heads, `rope_theta` to 10000,
-///   `tie_word_embeddings` to false, `attention_bias` to false; `rope_scaling` must be absent,
-///   `null`, of type `default`, or of type `llama3` (any other scaling is an error naming it); a
-///   `head_dim` other than `hidden_size / num_attention_heads`, or an activation other than SiLU,
-///   is an error.
-/// - The shapes are checked ([`Config::check`]).
-pub fn read_config(path: impl AsRef<Path>) -> Result<Config> {
-    let path = path.as_ref();
-    let value = read_json(path)?;
-    let source = path.display().to_string();
-    let config = match architecture_of(&value, &source)? {
-        Architecture::Qwen2 => qwen2_config(value, &source)?,
-        Architecture::Llama => llama_config(value, &source)?,
-    };
-    config.check(&source)?;
-    Ok(config)
-}
-
+/// Reads `path` as JSON (a `config.json`, a `generation_config.json`), refusing a path that is
+/// not a regular file first; errors name the file.
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
     crate::files::check_regular_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -330,205 +290,4 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
     })?;
     serde_json::from_str(&text)
         .map_err(|e| Error::msg(format!("{} is not valid JSON: {e}", path.display())))
-}
-
-fn architecture_of(value: &Value, source: &str) -> Result<Architecture> {
-    let Some(obj) = value.as_object() else {
-        bail!("{source} is not a JSON object")
-    };
-    let model_type = obj.get("model_type").filter(|v| !v.is_null());
-    let architectures = obj.get("architectures").filter(|v| !v.is_null());
-    let found = || {
-        format!(
-            "model_type {}, architectures {}",
-            model_type.map_or("(absent)".to_string(), Value::to_string),
-            architectures.map_or("(absent)".to_string(), Value::to_string)
-        )
-    };
-    let unsupported = || {
-        Error::msg(format!(
-            "{source} does not describe a supported model ({}): emilio-qwen loads Qwen2/Qwen2.5 \
-             (model_type \"qwen2\", architectures [\"Qwen2ForCausalLM\"]) and Llama-family \
-             (model_type \"llama\", architectures [\"LlamaForCausalLM\"]) checkpoints",
-            found()
-        ))
-    };
-    let by_type = match model_type {
-        None => None,
-        Some(t) => Some(match t.as_str() {
-            Some("qwen2") => Architecture::Qwen2,
-            Some("llama") => Architecture::Llama,
-            _ => return Err(unsupported()),
-        }),
-    };
-    let by_arch = match architectures {
-        None => None,
-        Some(a) => {
-            let names: Vec<&str> = a
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            if names
-                .iter()
-                .any(|n| matches!(*n, "Qwen2ForCausalLM" | "Qwen2Model"))
-            {
-                Some(Architecture::Qwen2)
-            } else if names
-                .iter()
-                .any(|n| matches!(*n, "LlamaForCausalLM" | "LlamaModel"))
-            {
-                Some(Architecture::Llama)
-            } else {
-                return Err(unsupported());
-            }
-        }
-    };
-    match (by_type, by_arch) {
-        (Some(t), Some(a)) if t != a => bail!(
-            "{source} contradicts itself ({}): model_type and architectures name different \
-             families",
-            found()
-        ),
-        (Some(x), _) | (None, Some(x)) => Ok(x),
-        (None, None) => bail!(
-            "{source} names no model_type or architectures; expected model_type \"qwen2\" or \
-             \"llama\""
-        ),
-    }
-}
-
-fn qwen2_config(mut value: Value, source: &str) -> Result<Config> {
-    if let Some(obj) = value.as_object_mut() {
-        let get = |obj: &Map<String, Value>, k: &str| obj.get(k).cloned();
-        let fill = |obj: &mut Map<String, Value>, k: &str, v: Option<Value>| {
-            if obj.get(k).is_none_or(Value::is_null) {
-                if let Some(v) = v {
-                    obj.insert(k.to_string(), v);
-                }
-            }
-        };
-        let max_pos = get(obj, "max_position_embeddings");
-        let layers = get(obj, "num_hidden_layers");
-        fill(obj, "sliding_window", max_pos);
-        fill(obj, "use_sliding_window", Some(Value::Bool(false)));
-        fill(obj, "max_window_layers", layers);
-        fill(obj, "hidden_act", Some(Value::String("silu".into())));
-    }
-    let stock: qwen2::Config = serde_json::from_value(value)
-        .map_err(|e| Error::msg(format!("{source} is not a valid Qwen2 config: {e}")))?;
-    Ok(stock.into())
-}
-
-fn llama_config(value: Value, source: &str) -> Result<Config> {
-    let obj = value.as_object().expect("checked by architecture_of");
-    let field = |k: &str| obj.get(k).filter(|v| !v.is_null());
-    let usize_field = |k: &str| -> Result<Option<usize>> {
-        field(k)
-            .map(|v| {
-                v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                    Error::msg(format!("{source}: {k} is {v}, not a non-negative integer"))
-                })
-            })
-            .transpose()
-    };
-    let required = |k: &str| -> Result<usize> {
-        usize_field(k)?.ok_or_else(|| {
-            Error::msg(format!(
-                "{source} is not a valid Llama config: {k} is missing"
-            ))
-        })
-    };
-    let f64_field = |k: &str, default: f64| -> Result<f64> {
-        match field(k) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| Error::msg(format!("{source}: {k} is {v}, not a number"))),
-        }
-    };
-    let bool_field = |k: &str| -> Result<bool> {
-        match field(k) {
-            None => Ok(false),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| Error::msg(format!("{source}: {k} is {v}, not true or false"))),
-        }
-    };
-    let hidden_size = required("hidden_size")?;
-    let num_attention_heads = required("num_attention_heads")?;
-    let max_position_embeddings = required("max_position_embeddings")?;
-    let num_hidden_layers = required("num_hidden_layers")?;
-    if let Some(act) = field("hidden_act") {
-        if act.as_str() != Some("silu") {
-            bail!("{source}: hidden_act {act} is not supported: Llama models here use \"silu\"")
-        }
-    }
-    if let Some(head_dim) = usize_field("head_dim")? {
-        if num_attention_heads > 0 && head_dim.checked_mul(num_attention_heads) != Some(hidden_size)
-        {
-            bail!(
-                "{source}: head_dim {head_dim} is not hidden_size {hidden_size} / \
-                 num_attention_heads {num_attention_heads}; models with a separate head \
-                 dimension are not supported"
-            )
-        }
-    }
-    if bool_field("mlp_bias")? {
-        bail!("{source}: mlp_bias = true is not supported (no Llama-family model here has MLP biases)")
-    }
-    let config = Config {
-        architecture: Architecture::Llama,
-        vocab_size: required("vocab_size")?,
-        hidden_size,
-        intermediate_size: required("intermediate_size")?,
-        num_hidden_layers,
-        num_attention_heads,
-        num_key_value_heads: usize_field("num_key_value_heads")?.unwrap_or(num_attention_heads),
-        max_position_embeddings,
-        sliding_window: max_position_embeddings,
-        max_window_layers: num_hidden_layers,
-        tie_word_embeddings: bool_field("tie_word_embeddings")?,
-        rope_theta: f64_field("rope_theta", 10_000.0)?,
-        rms_norm_eps: f64_field("rms_norm_eps", 1e-6)?,
-        use_sliding_window: false,
-        hidden_act: Activation::Silu,
-        attention_bias: bool_field("attention_bias")?,
-        rope_scaling: rope_scaling(field("rope_scaling"), source)?,
-    };
-    Ok(config)
-}
-
-/// `rope_scaling` of a Llama config: absent, `null` or `default` → none; `llama3` → its four
-/// numbers; anything else (linear, dynamic, yarn, longrope, ...) → an error naming it.
-fn rope_scaling(value: Option<&Value>, source: &str) -> Result<Option<RopeScaling>> {
-    let Some(value) = value else { return Ok(None) };
-    let Some(obj) = value.as_object() else {
-        bail!("{source}: rope_scaling is {value}, not an object")
-    };
-    let kind = obj
-        .get("rope_type")
-        .or_else(|| obj.get("type"))
-        .and_then(Value::as_str);
-    match kind {
-        Some("default") => return Ok(None),
-        Some("llama3") => {}
-        other => bail!(
-            "{source}: rope_scaling of type {} is not supported; Llama models here take none \
-             or type \"llama3\"",
-            other.map_or("(none given)".to_string(), |k| format!("\"{k}\""))
-        ),
-    }
-    let num = |k: &str| -> Result<f64> {
-        obj.get(k).and_then(Value::as_f64).ok_or_else(|| {
-            Error::msg(format!(
-                "{source}: rope_scaling of type \"llama3\" needs a number {k}"
-            ))
-        })
-    };
-    Ok(Some(RopeScaling {
-        factor: num("factor")? as f32,
-        low_freq_factor: num("low_freq_factor")? as f32,
-        high_freq_factor: num("high_freq_factor")? as f32,
-        original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
-    }))
 }

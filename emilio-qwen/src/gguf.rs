@@ -15,6 +15,10 @@
 //!   Hugging Face half-split rotary embedding (pairs `i, i + d/2`), so the permutation is
 //!   inverted at load ([`unpermute_rows`]). Qwen2 files are written unpermuted (llama.cpp runs
 //!   them with the half-split, "NeoX", rotary) and are read as they are.
+//!
+//! What differs between architectures (the permutation, whether the attention has biases, the
+//! `general.architecture` name) is the architecture's [`GgufLayout`] in the registry
+//! (`crate::architecture`); nothing here matches an architecture's name.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,6 +30,7 @@ use candle_core::{bail, DType, Device, Error, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Activation, VarBuilder};
 
+use crate::architecture::{GgufAttentionBias, GgufLayout};
 use crate::config::{Architecture, Config};
 use crate::weights::{TensorEntry, TensorTable};
 
@@ -37,11 +42,13 @@ pub struct GgufFile {
     path: PathBuf,
     content: Content,
     architecture: Architecture,
+    /// How llama.cpp wrote this architecture (its registry entry's layout).
+    layout: GgufLayout,
 }
 
 impl GgufFile {
     /// Reads the header of `path`; errors name the file and say what is wrong with it (missing,
-    /// not a GGUF file, an architecture other than `qwen2` or `llama`).
+    /// not a GGUF file, an architecture the registry does not have: `qwen2` and `llama` are).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let mut file = open_file(&path)?;
@@ -54,23 +61,8 @@ impl GgufFile {
                 path.display()
             ))
         })?;
-        let architecture = match content.metadata.get("general.architecture") {
-            Some(Value::String(a)) if a == "qwen2" => Architecture::Qwen2,
-            Some(Value::String(a)) if a == "llama" => Architecture::Llama,
-            Some(Value::String(a)) => bail!(
-                "{}: general.architecture is \"{a}\"; emilio-qwen runs \"qwen2\" and \"llama\" \
-                 GGUF files",
-                path.display()
-            ),
-            Some(other) => bail!(
-                "{}: general.architecture is {other:?}, not a string",
-                path.display()
-            ),
-            None => bail!(
-                "{} has no general.architecture in its metadata: not a model GGUF file",
-                path.display()
-            ),
-        };
+        let (spec, layout) =
+            crate::architecture::from_gguf(content.metadata.get("general.architecture"), &source)?;
         let size = file
             .metadata()
             .map_err(|e| Error::msg(format!("cannot read {source}: {e}")))?
@@ -79,7 +71,8 @@ impl GgufFile {
         Ok(Self {
             path,
             content,
-            architecture,
+            architecture: spec.architecture,
+            layout,
         })
     }
 
@@ -98,9 +91,15 @@ impl GgufFile {
         &self.content.metadata
     }
 
-    /// `qwen2` or `llama`, from `general.architecture`.
+    /// The architecture `general.architecture` names (`qwen2`, `llama`).
     pub fn architecture(&self) -> Architecture {
         self.architecture
+    }
+
+    /// How llama.cpp wrote the file's architecture: its `general.architecture` (the prefix of
+    /// the `ARCH.*` keys), the q/k row permutation, the attention biases.
+    pub fn layout(&self) -> GgufLayout {
+        self.layout
     }
 
     /// The tensors of the file under Hugging Face names (those [`gguf_to_hf_name`] knows; the
@@ -125,7 +124,7 @@ impl GgufFile {
     /// Rotary embeddings scaled by a frequency-factor tensor (`rope_freqs.weight`, how llama.cpp
     /// stores Llama 3.1's scaling) or by `ARCH.rope.scaling.type` are refused by name.
     pub fn config(&self) -> Result<Config> {
-        let arch = self.architecture.name();
+        let arch = self.layout.name;
         let src = self.path.display().to_string();
         let get = |key: &str| self.metadata().get(&format!("{arch}.{key}"));
         let count = |key: &str| -> Result<Option<usize>> {
@@ -198,9 +197,11 @@ impl GgufFile {
             })?,
             use_sliding_window: false,
             hidden_act: Activation::Silu,
-            attention_bias: match self.architecture {
-                Architecture::Qwen2 => true,
-                Architecture::Llama => self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            attention_bias: match self.layout.attention_bias {
+                GgufAttentionBias::Always => true,
+                GgufAttentionBias::IfPresent => {
+                    self.content.tensor_infos.contains_key("blk.0.attn_q.bias")
+                }
             },
             rope_scaling: None,
         };
@@ -454,7 +455,7 @@ impl GgufBackend {
             .dequantize(&Device::Cpu)
             .map_err(|e| Error::msg(format!("dequantizing tensor {gguf} of {path}: {e}")))?;
         drop(qtensor);
-        if self.file.architecture == Architecture::Llama {
+        if self.file.layout.qk_rows_permuted {
             if gguf.contains(".attn_q.") {
                 t = unpermute_rows(&t, self.heads)?;
             } else if gguf.contains(".attn_k.") {

@@ -4,12 +4,18 @@
 //! - [`ModelForCausalLM`] / [`Model`]: a fork of `candle_transformers::models::qwen2` with the
 //!   same structure, tensor names, constructors and `forward` signatures. q/k/v/o, gate/up/down
 //!   and `lm_head` are [`emilio_op::LogLinear`]; `Q·Kᵀ` and `softmax·V` are
-//!   [`emilio_op::log_matmul`]. Rotary embedding, RMSNorm, GQA (`repeat_kv`), the causal mask,
-//!   the KV cache and tied embeddings are stock's, so an A/B against stock measures the log
-//!   domain alone. Llama is the same model without the q/k/v biases (and with Llama 3's rotary
+//!   [`emilio_op::log_matmul`]. Rotary embedding, RMSNorm, the causal mask, the KV cache and
+//!   tied embeddings are stock's, so an A/B against stock measures the log domain alone. What
+//!   differs is arrangement, each bit for bit stock's results: q/k/v (and gate/up) run as one
+//!   stacked layer, and grouped-query attention stacks the query heads that share a KV head as
+//!   rows against that one head instead of copying it per query head as stock's `repeat_kv`
+//!   does. Llama is the same model without the q/k/v biases (and with Llama 3's rotary
 //!   scaling). [`Options`] picks the [`WeightFormat`].
 //! - [`Config`] (module [`config`]): stock `qwen2::Config`'s fields plus the [`Architecture`],
 //!   read from a Qwen2 or Llama `config.json` or from GGUF metadata.
+//! - [`mod@architecture`]: the registry of architectures: one entry per architecture (Qwen2,
+//!   Llama) with everything that differs between them (names, `config.json` reader, GGUF
+//!   layout, stock reference), and the one place a name is looked up.
 //! - [`loading`]: a checkpoint directory (`model.safetensors` or a sharded index, memory-mapped)
 //!   or a GGUF file ([`gguf`], dequantized tensor by tensor), converted layer by layer, with
 //!   clear errors; also builds stock's model for A/B runs ([`mod@reference`]). [`files`] refuses a
@@ -41,6 +47,7 @@
 
 #![warn(missing_docs)]
 
+pub mod architecture;
 pub mod chat;
 pub mod compare;
 pub mod config;

@@ -35,7 +35,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-pub use crate::config::read_config;
+pub use crate::architecture::read_config;
 use crate::config::{read_json, Config};
 use crate::files::regular_file_exists;
 use crate::gguf::GgufFile;
@@ -135,10 +135,10 @@ impl Checkpoint {
         table: &TensorTable,
     ) -> Result<Self> {
         let source = config_path.display().to_string();
-        let arch = config.architecture.name();
+        // A GGUF file's fields are its `ARCH.*` keys, under the name the file gives.
         let field = |name: &str| match &gguf {
             None => name.to_string(),
-            Some(_) => crate::gguf::metadata_key(name, arch),
+            Some(file) => crate::gguf::metadata_key(name, file.layout().name),
         };
         table.check_config(&config, &source, &field)?;
         let mut notes = Vec::new();

@@ -30,7 +30,8 @@ use emilio_op::{
     log_linear_no_bias, log_matmul_with, ExpMode, LogConfig, LogLinear, LogWeight, WeightFormat,
 };
 
-use crate::config::{Architecture, Config, RopeScaling};
+use crate::architecture::StockFamily;
+use crate::config::{Config, RopeScaling};
 
 /// What the fork adds to stock's constructor arguments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -118,10 +119,10 @@ impl RotaryEmbedding {
         Ok(())
     }
 
-    /// The position tables for `0..max_seq_len`, computed as each family's stock model
-    /// computes them (Qwen2: the frequencies in f64, the table in `dtype`; Llama: in f32, with
-    /// Llama 3's scaling), so the A/B against stock sees the same rotary embedding bit for bit.
-    /// Not a model product.
+    /// The position tables for `0..max_seq_len`, computed as the architecture's stock family
+    /// (its registry entry's [`StockFamily`]) computes them (Qwen2: the frequencies in f64, the
+    /// table in `dtype`; Llama: in f32, with Llama 3's scaling), so the A/B against stock sees
+    /// the same rotary embedding bit for bit. Not a model product.
     fn tables(
         dtype: DType,
         cfg: &Config,
@@ -130,8 +131,8 @@ impl RotaryEmbedding {
     ) -> Result<(Tensor, Tensor)> {
         let dim = cfg.head_dim();
         let positions = Tensor::arange(0u32, max_seq_len as u32, dev)?;
-        let freqs = match cfg.architecture {
-            Architecture::Qwen2 => {
+        let freqs = match cfg.architecture.spec().stock {
+            StockFamily::Qwen2 => {
                 let inv_freq: Vec<_> = (0..dim)
                     .step_by(2)
                     .map(|i| 1f32 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
@@ -142,7 +143,7 @@ impl RotaryEmbedding {
                 let t = positions.to_dtype(dtype)?.reshape((max_seq_len, 1))?;
                 t.matmul(&inv_freq)?
             }
-            Architecture::Llama => {
+            StockFamily::Llama => {
                 let theta = cfg.rope_theta as f32;
                 let inv_freq: Vec<f32> = (0..dim)
                     .step_by(2)
@@ -874,6 +875,7 @@ impl ModelForCausalLM {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Architecture;
 
     /// Four heads of 16 (the tiny preset's shape), written out: the model is below the
     /// synthetic checkpoints, which must not be imported from here.

@@ -9,6 +9,10 @@
 //!
 //! Both implement [`CausalLM`], so the generation engine drives them as it drives the fork, and
 //! both return logits `(batch, 1, vocab)` as the fork does.
+//!
+//! Which stock model runs an architecture is its registry entry's [`StockFamily`]
+//! (`crate::architecture`), not its name: a new architecture of an existing family needs nothing
+//! here.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,11 +25,12 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{linear_no_bias, Init, Linear, VarBuilder};
 use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, qwen2};
 
+use crate::architecture::StockFamily;
 use crate::config::{Architecture, Config, MAX_CONTEXT};
 use crate::generation::{forward_from_by_steps, CausalLM};
 use crate::model::check_first;
 
-/// Stock Candle's model of the configuration's architecture.
+/// Stock Candle's model of the configuration's architecture (of its [`StockFamily`]).
 pub enum StockModel {
     /// `candle_transformers::models::qwen2`.
     Qwen2(StockQwen2),
@@ -135,12 +140,12 @@ impl StockModel {
     /// Stock's Llama loader panics on a missing tensor; every tensor it will ask for is looked
     /// up first, so a missing one is an error naming it.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        match cfg.architecture {
-            Architecture::Qwen2 => Ok(StockModel::Qwen2(StockQwen2::new(
+        match cfg.architecture.spec().stock {
+            StockFamily::Qwen2 => Ok(StockModel::Qwen2(StockQwen2::new(
                 &cfg.to_stock_qwen2(),
                 vb,
             )?)),
-            Architecture::Llama => {
+            StockFamily::Llama => {
                 if cfg.attention_bias {
                     bail!(
                         "stock Candle's llama has no attention biases: it cannot run this model \
@@ -215,7 +220,7 @@ impl CausalLM for StockModel {
     }
 }
 
-/// Candle's quantized model of a GGUF file's architecture.
+/// Candle's quantized model of a GGUF file's architecture (of its [`StockFamily`]).
 pub enum QuantizedModel {
     /// `candle_transformers::models::quantized_qwen2`.
     Qwen2(quantized_qwen2::ModelWeights),
@@ -227,8 +232,17 @@ impl QuantizedModel {
     /// The most positions Candle's quantized Llama has rotary tables for.
     pub const LLAMA_MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
 
-    /// Loads `path` (a `qwen2` or `llama` GGUF) with Candle's quantized model on `device`.
+    /// Loads `path` (a GGUF file of `architecture`: `qwen2`, `llama`) with Candle's quantized
+    /// model on `device`.
     pub fn load(path: &Path, architecture: Architecture, device: &Device) -> Result<Self> {
+        let spec = architecture.spec();
+        let Some(layout) = spec.gguf else {
+            bail!(
+                "{architecture} has no GGUF form of its own (its GGUF files name another \
+                 architecture): {} cannot be run as a {architecture} GGUF",
+                path.display()
+            )
+        };
         let mut file = File::open(path)
             .map_err(|e| Error::msg(format!("cannot read {}: {e}", path.display())))?;
         let mut content = Content::read(&mut file).map_err(|e| {
@@ -239,7 +253,7 @@ impl QuantizedModel {
         })?;
         // Candle's quantized Qwen2 computes its rotary tables for the file's whole context at
         // load: capped at MAX_CONTEXT, as every model here is (`Config::cap_context`).
-        let key = format!("{}.context_length", architecture.name());
+        let key = format!("{}.context_length", layout.name);
         if content
             .metadata
             .get(&key)
@@ -256,12 +270,12 @@ impl QuantizedModel {
                 path.display()
             ))
         };
-        Ok(match architecture {
-            Architecture::Qwen2 => QuantizedModel::Qwen2(
+        Ok(match spec.stock {
+            StockFamily::Qwen2 => QuantizedModel::Qwen2(
                 quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(context)?,
             ),
-            Architecture::Llama => QuantizedModel::Llama(
+            StockFamily::Llama => QuantizedModel::Llama(
                 quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(context)?,
             ),
