@@ -47,29 +47,31 @@ impl Corpus {
         max_positions: usize,
         source: &str,
     ) -> Result<Self> {
+        // The messages name the values as this API does (`ctx`, `max_chunks`), not as a
+        // command line spells them: a front end adds its own advice.
         if ctx < 3 {
-            bail!("--ctx {ctx} is too small: a chunk needs at least 3 tokens (half of them context, then at least one scored)")
+            bail!("ctx {ctx} is too small: a chunk needs at least 3 tokens (half of them context, then at least one scored)")
         }
         if ctx > max_positions {
             bail!(
-                "--ctx {ctx} is longer than the model's context ({max_positions} positions): \
-                 pass --ctx {max_positions} or less"
+                "ctx {ctx} is longer than the model's context ({max_positions} positions): use a \
+                 ctx of {max_positions} or less"
             )
         }
         if bos.len() > ctx / 2 {
             bail!(
-                "--ctx {ctx} is too small for the tokenizer's {}-token BOS prefix",
+                "ctx {ctx} is too small for the tokenizer's {}-token BOS prefix",
                 bos.len()
             )
         }
         if max_chunks == Some(0) {
-            bail!("--chunks 0 scores nothing: pass at least 1")
+            bail!("max_chunks 0 scores nothing: ask for at least 1 chunk")
         }
         let available = tokens.len() / ctx;
         if available == 0 {
             bail!(
-                "{source} has {} tokens, fewer than one chunk of --ctx {ctx}: pass a smaller \
-                 --ctx or a longer text",
+                "{source} has {} tokens, fewer than one chunk of ctx {ctx}: use a smaller \
+                 ctx or a longer text",
                 tokens.len()
             )
         }
@@ -104,7 +106,7 @@ impl Corpus {
         self.text_tokens
     }
 
-    /// How many chunks the text holds in all (`--chunks` may score fewer).
+    /// How many chunks the text holds in all (`max_chunks` may score fewer).
     pub fn available_chunks(&self) -> usize {
         self.text_tokens / self.ctx
     }

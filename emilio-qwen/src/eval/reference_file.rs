@@ -233,7 +233,9 @@ impl Reference {
         path: &Path,
     ) -> Result<()> {
         let have = &self.info;
-        let remake = "make a new one with --save-reference";
+        // In this API's terms (the fields of `ReferenceInfo`, `Reference::save`), not a command
+        // line's: a front end adds its own advice.
+        let remake = "make a new reference from these inputs (Reference::save)";
         let differs = |what: &str, theirs: &str, ours: &str| -> Result<()> {
             bail!(
                 "the reference {} was made from another {what} ({theirs}), not this one \
@@ -265,15 +267,15 @@ impl Reference {
         if have.ctx != expected.ctx {
             differs(
                 "context",
-                &format!("--ctx {}", have.ctx),
-                &format!("--ctx {}", expected.ctx),
+                &format!("ctx {}", have.ctx),
+                &format!("ctx {}", expected.ctx),
             )?
         }
         if have.dtype != expected.dtype {
             differs(
                 "dtype",
-                &format!("--dtype {}", have.dtype),
-                &format!("--dtype {}", expected.dtype),
+                &format!("dtype {}", have.dtype),
+                &format!("dtype {}", expected.dtype),
             )?
         }
         if have.vocab != expected.vocab {
@@ -285,7 +287,8 @@ impl Reference {
         }
         if have.chunks < expected.chunks {
             bail!(
-                "the reference {} holds {} chunks and {} are asked for: pass --chunks {} or {remake}",
+                "the reference {} holds {} chunks and {} are asked for: ask for {} or fewer, \
+                 or {remake}",
                 path.display(),
                 have.chunks,
                 expected.chunks,
@@ -381,7 +384,7 @@ impl Reference {
     pub fn load(path: &Path) -> Result<Self> {
         let bad = |why: String| {
             Error::msg(format!(
-                "{} is not a usable emilio eval reference: {why}; make one with --save-reference",
+                "{} is not a usable emilio eval reference: {why}; make a new one (Reference::save)",
                 path.display()
             ))
         };

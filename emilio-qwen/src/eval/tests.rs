@@ -224,7 +224,7 @@ fn a_reference_of_another_model_tokenizer_text_ctx_or_dtype_is_refused_naming_it
     );
     let mut other = info(ctx, 2, vocab);
     other.ctx = 16;
-    assert!(refused(other, &c).contains("--ctx 8"));
+    assert!(refused(other, &c).contains("ctx 8"));
     let mut other = info(ctx, 2, vocab);
     other.dtype = "f16".into();
     assert!(refused(other, &c).contains("another dtype"));
@@ -232,7 +232,7 @@ fn a_reference_of_another_model_tokenizer_text_ctx_or_dtype_is_refused_naming_it
     other.chunks = 3;
     let msg = refused(other, &c);
     assert!(
-        msg.contains("holds 2 chunks") && msg.contains("--chunks 2"),
+        msg.contains("holds 2 chunks") && msg.contains("ask for 2 or fewer"),
         "{msg}"
     );
     // Fewer chunks than the reference holds: its first ones are used.
@@ -260,7 +260,7 @@ fn a_damaged_reference_file_is_an_error_naming_it() {
         std::fs::write(&broken, &bytes[..cut]).unwrap();
         let msg = Reference::load(&broken).unwrap_err().to_string();
         assert!(
-            msg.contains("broken.safetensors") && msg.contains("--save-reference"),
+            msg.contains("broken.safetensors") && msg.contains("Reference::save"),
             "{msg}"
         );
     }
@@ -305,9 +305,9 @@ fn corpora_are_cut_as_llama_perplexity_cuts_them() {
     assert!(err(Corpus::new(tokens.clone(), &[], 8, None, 6, "t"))
         .contains("longer than the model's context (6"));
     assert!(
-        err(Corpus::new(tokens.clone(), &[], 2, None, 4096, "t")).contains("--ctx 2 is too small")
+        err(Corpus::new(tokens.clone(), &[], 2, None, 4096, "t")).contains("ctx 2 is too small")
     );
-    assert!(err(Corpus::new(tokens, &[], 8, Some(0), 4096, "t")).contains("--chunks 0"));
+    assert!(err(Corpus::new(tokens, &[], 8, Some(0), 4096, "t")).contains("max_chunks 0"));
 }
 
 #[test]
