@@ -328,6 +328,11 @@ pub struct BenchOpArgs {
     /// Rows of the prefill cases.
     #[arg(long, default_value_t = 128, value_parser = at_least_one())]
     pub prefill_rows: usize,
+    /// More (weight format, exp mode) pairs to time besides f32 and f16 exact, comma-separated
+    /// FORMAT/EXP (e.g. lns8/table,lns8/exact): each gets its time, speed ratio and share of
+    /// the read bandwidth.
+    #[arg(long, value_delimiter = ',', value_parser = parse_pair)]
+    pub pairs: Vec<LogConfig>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use candle_core::{Module, Tensor};
-use emilio_op::{LogLinear, WeightFormat};
+use emilio_op::{LogConfig, LogLinear, WeightFormat};
 use emilio_qwen::synthetic::{Preset, SyntheticSpec};
 use serde::Serialize;
 
@@ -36,6 +36,24 @@ struct OpCase {
     exp_ceiling_fraction: Option<f64>,
     /// emilio f16's weight bytes per second as a fraction of the machine's read bandwidth.
     bandwidth_fraction: f64,
+    /// The pairs asked for with `--pairs`, in their order.
+    pairs: Vec<PairCase>,
+}
+
+/// One `--pairs` pair at one shape.
+#[derive(Debug, Serialize)]
+struct PairCase {
+    /// `FORMAT/EXP`.
+    pair: String,
+    ms: f64,
+    /// stock time / this pair's time.
+    speedup: f64,
+    /// Weight bytes read per call, and per second (GB/s) as a fraction of the read bandwidth.
+    bytes: usize,
+    gb_s: f64,
+    bandwidth_fraction: f64,
+    /// Products per second, in billions.
+    gprod_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +76,9 @@ struct OpReport {
 
 pub fn run(args: &BenchOpArgs) -> Result<()> {
     let dev = device::open(args.device)?;
+    for &pair in &args.pairs {
+        crate::advice::check_log_config(pair, &dev)?;
+    }
     let (exp_ceiling, bandwidth) = if dev.is_cpu() {
         (
             Some(ceilings::exp_ceiling(Duration::from_millis(300))?),
@@ -93,6 +114,21 @@ pub fn run(args: &BenchOpArgs) -> Result<()> {
             let f16_s = median_secs(reps, || timed(&|| f16w.forward(&x)))?;
             let f16_bytes = f16w.weight().size_in_bytes();
             let products = (rows * k * n) as f64;
+            let mut pairs = Vec::new();
+            for &pair in &args.pairs {
+                let layer = LogLinear::from_weights(&w, None, pair)?;
+                let secs = median_secs(reps, || timed(&|| layer.forward(&x)))?;
+                let bytes = layer.weight().size_in_bytes();
+                pairs.push(PairCase {
+                    pair: pair_label(pair),
+                    ms: secs * 1e3,
+                    speedup: stock_s / secs,
+                    bytes,
+                    gb_s: bytes as f64 / secs / 1e9,
+                    bandwidth_fraction: bytes as f64 / secs / bandwidth,
+                    gprod_s: products / secs / 1e9,
+                });
+            }
             cases.push(OpCase {
                 layer: layer.to_string(),
                 rows,
@@ -109,6 +145,7 @@ pub fn run(args: &BenchOpArgs) -> Result<()> {
                 emilio_f16_gprod_s: products / f16_s / 1e9,
                 exp_ceiling_fraction: exp_ceiling.map(|c| products / f16_s / c),
                 bandwidth_fraction: f16_bytes as f64 / f16_s / bandwidth,
+                pairs,
             });
         }
     }
@@ -152,9 +189,18 @@ pub fn run(args: &BenchOpArgs) -> Result<()> {
             );
         }
     }
+    let mut head = String::new();
+    for pair in &args.pairs {
+        head += &format!(
+            "  {:>14} {:>8} {:>5}",
+            format!("{} ms", pair_label(*pair)),
+            "×",
+            "%bw"
+        );
+    }
     outln!(
         o,
-        "{:<18} {:>5} {:>6}  {:>10} {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>5}  {:>9} {:>5}",
+        "{:<18} {:>5} {:>6}  {:>10} {:>10} {:>10}  {:>8} {:>8}  {:>8} {:>5}  {:>9} {:>5}{head}",
         "layer",
         "rows",
         "k→n",
@@ -169,9 +215,18 @@ pub fn run(args: &BenchOpArgs) -> Result<()> {
         "%exp"
     );
     for c in &report.cases {
+        let mut tail = String::new();
+        for p in &c.pairs {
+            tail += &format!(
+                "  {:>14.3} {:>7.3}x {:>4.0}%",
+                p.ms,
+                p.speedup,
+                p.bandwidth_fraction * 100.0
+            );
+        }
         outln!(
             o,
-            "{:<18} {:>5} {:>6}  {:>10.3} {:>10.3} {:>10.3}  {:>7.3}x {:>7.3}x  {:>8.2} {:>4.0}%  {:>9.2} {:>5}",
+            "{:<18} {:>5} {:>6}  {:>10.3} {:>10.3} {:>10.3}  {:>7.3}x {:>7.3}x  {:>8.2} {:>4.0}%  {:>9.2} {:>5}{tail}",
             c.layer,
             c.rows,
             format!("{}→{}", c.k, c.n),
@@ -194,4 +249,9 @@ pub fn run(args: &BenchOpArgs) -> Result<()> {
          ceiling)."
     );
     crate::output::emit(&o)
+}
+
+/// `f16/exact`: a pair as the table and the JSON name it.
+fn pair_label(pair: LogConfig) -> String {
+    format!("{}/{}", pair.format, pair.exp)
 }
