@@ -137,9 +137,10 @@ fn forcing_past_the_given_tokens_is_an_error() {
     assert_eq!(recorder.logits().len(), 2);
 }
 
-/// The tiny synthetic Qwen2 in memory: ours in `format`, or stock's when `None`.
+/// The tiny synthetic Qwen2 in memory: ours in `format`, or stock's when `None` (ours boxed:
+/// its log weights make it the larger variant by far).
 enum Tiny {
-    Ours(ModelForCausalLM),
+    Ours(Box<ModelForCausalLM>),
     Stock(stock::ModelForCausalLM),
 }
 
@@ -173,9 +174,9 @@ fn tiny(format: Option<WeightFormat>) -> Tiny {
         .collect();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     match format {
-        Some(f) => {
-            Tiny::Ours(ModelForCausalLM::new_with_options(&cfg, vb, &Options::new(f)).unwrap())
-        }
+        Some(f) => Tiny::Ours(Box::new(
+            ModelForCausalLM::new_with_options(&cfg, vb, &Options::new(f)).unwrap(),
+        )),
         None => Tiny::Stock(stock::ModelForCausalLM::new(&cfg.to_stock_qwen2(), vb).unwrap()),
     }
 }
