@@ -164,7 +164,7 @@ impl ModelArgs {
 
     /// The fork's options: `--weight-format` and `--exp`.
     pub fn options(&self) -> emilio_qwen::Options {
-        emilio_qwen::Options::new(self.weight_format).with_exp(self.exp)
+        self.log_config().into()
     }
 
     /// How the log-domain backend is named in reports: the format, and the exp mode unless it

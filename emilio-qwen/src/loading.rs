@@ -193,7 +193,7 @@ impl Checkpoint {
     }
 
     /// Builds the log-domain model: activations (embedding, norms, rotary tables, KV cache) in
-    /// `dtype`, weights converted to `options.weight_format` one linear layer at a time.
+    /// `dtype`, weights converted to `options.log` one linear layer at a time.
     ///
     /// Errors name the missing or misshapen tensor, and the checkpoint.
     pub fn load(

@@ -33,33 +33,40 @@ use emilio_op::{
 use crate::architecture::StockFamily;
 use crate::config::{Config, RopeScaling};
 
-/// What the fork adds to stock's constructor arguments.
+/// What the fork adds to stock's constructor arguments: the log domain's [`LogConfig`] (how
+/// each linear layer's weight is stored, default [`WeightFormat::F16`], and how every
+/// product's `exp` is taken, in the linear layers and both attention products, default
+/// [`ExpMode::Exact`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Options {
-    /// How each linear layer's `ln|w|` is stored (default [`WeightFormat::F16`]).
-    pub weight_format: WeightFormat,
-    /// How every product's `exp` is taken, in the linear layers and both attention products
-    /// (default [`ExpMode::Exact`]).
-    pub exp: ExpMode,
+    /// The linear layers' weight format and exp mode.
+    pub log: LogConfig,
 }
 
 impl Options {
     /// Options with the given weight format and exact products.
     pub fn new(weight_format: WeightFormat) -> Self {
         Self {
-            weight_format,
-            exp: ExpMode::Exact,
+            log: weight_format.into(),
         }
     }
 
     /// The same options with products in mode `exp`.
     pub fn with_exp(self, exp: ExpMode) -> Self {
-        Self { exp, ..self }
+        Self {
+            log: self.log.with_exp(exp),
+        }
     }
 
     /// The linear layers' [`LogConfig`]: the format and the exp mode.
     pub fn log_config(&self) -> LogConfig {
-        LogConfig::new(self.weight_format, self.exp)
+        self.log
+    }
+}
+
+impl From<LogConfig> for Options {
+    fn from(log: LogConfig) -> Self {
+        Self { log }
     }
 }
 
@@ -297,7 +304,7 @@ impl Attention {
             num_kv_groups,
             head_dim,
             hidden_size: hidden_sz,
-            exp: opts.exp.for_activations(),
+            exp: opts.log.exp.for_activations(),
             kv_cache: None,
         })
     }
@@ -506,7 +513,7 @@ impl Model {
     /// right away, so at no point are all plain weights held at once.
     pub fn new_with_options(cfg: &Config, vb: VarBuilder, opts: &Options) -> Result<Self> {
         let vb_m = vb.pp("model");
-        let embed_tokens = if opts.weight_format.is_lns() {
+        let embed_tokens = if opts.log.format.is_lns() {
             let table = on_cpu(&vb_m)
                 .pp("embed_tokens")
                 .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
