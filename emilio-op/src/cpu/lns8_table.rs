@@ -239,7 +239,8 @@ fn tile_lanes(
         for g in 0..groups {
             let mut sum = [-0.0f32; ROWS];
             let end = ((g + 1) * GROUP).min(row.len());
-            for (i, &x) in row.iter().enumerate().take(end).skip(g * GROUP) {
+            for (c, &x) in row[g * GROUP..end].iter().enumerate() {
+                let i = g * GROUP + c;
                 if x == 0.0 {
                     continue;
                 }
@@ -339,7 +340,8 @@ mod x86 {
         for g in 0..groups {
             let mut sum = [_mm512_set1_ps(-0.0); NB];
             let end = ((g + 1) * GROUP).min(row.len());
-            for (i, &x) in row.iter().enumerate().take(end).skip(g * GROUP) {
+            for (c, &x) in row[g * GROUP..end].iter().enumerate() {
+                let i = g * GROUP + c;
                 if x == 0.0 {
                     continue;
                 }
