@@ -23,6 +23,28 @@ pub(crate) fn convert_rows<M: Copy + Send, S: Copy + Send>(
     side_per_row: usize,
     fill: impl Fn(&[f64], &mut [M], &mut [S]) -> std::result::Result<(), usize> + Sync,
 ) -> Result<()> {
+    let fill = |_: &mut (), row: &[f64], mags: &mut [M], side: &mut [S]| fill(row, mags, side);
+    convert_rows_with(
+        format,
+        w,
+        (mags, mags_per_row),
+        (side, side_per_row),
+        || (),
+        fill,
+    )
+}
+
+/// [`convert_rows`] with a state per worker: `init` makes one for each run of rows a thread
+/// converts, and `fill` gets it with every row, so that an encoder can keep what it computed
+/// for one row (lns4: the code values of each group offset it met) for the next ones.
+pub(crate) fn convert_rows_with<M: Copy + Send, S: Copy + Send, T>(
+    format: &'static str,
+    w: &Tensor,
+    (mags, mags_per_row): (&mut [M], usize),
+    (side, side_per_row): (&mut [S], usize),
+    init: impl Fn() -> T + Sync + Send,
+    fill: impl Fn(&mut T, &[f64], &mut [M], &mut [S]) -> std::result::Result<(), usize> + Sync,
+) -> Result<()> {
     let (out_dim, in_dim) = w.dims2()?;
     if out_dim == 0 || in_dim == 0 {
         return Ok(());
@@ -38,8 +60,8 @@ pub(crate) fn convert_rows<M: Copy + Send, S: Copy + Send>(
             .zip(mags.par_chunks_mut(mags_per_row.max(1)))
             .zip(side.par_chunks_mut(side_per_row.max(1)))
             .enumerate()
-            .try_for_each(|(r, ((row, mags), side))| {
-                fill(row, mags, side).map_err(|c| (r0 + r, c, row[c]))
+            .try_for_each_init(&init, |state, (r, ((row, mags), side))| {
+                fill(state, row, mags, side).map_err(|c| (r0 + r, c, row[c]))
             });
         if let Err((row, col, value)) = bad {
             return Err(OpError::Unstorable {

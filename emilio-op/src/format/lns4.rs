@@ -13,15 +13,15 @@ use half::f16;
 
 pub use codes::GROUP;
 
-use super::convert::{convert_rows, plain_rows};
+use super::convert::{convert_rows_with, plain_rows};
 use super::{cpu_slice, with_cpu_operands, Format, StoredForm};
 use crate::cpu::magnitude::Magnitudes;
 use crate::cpu::table::{table_forward, TableWeight};
 use crate::cpu::weight_columns::{weight_linear, WeightColumns};
 use crate::ExpMode;
 use codes::{
-    bytes_per_row, choose_step, code_at, decode_value, encode_row, groups_per_row, table_blocks,
-    table_code, TABLE_ROWS,
+    bytes_per_row, choose_step, code_at, decode_value, groups_per_row, table_blocks, table_code,
+    RowEncoder, TABLE_ROWS,
 };
 
 /// The `lns4` format.
@@ -56,15 +56,14 @@ impl Format for Lns4 {
         let per_row = bytes_per_row(in_dim);
         let mut bytes = vec![0u8; out_dim * per_row];
         let mut offsets = vec![f16::ZERO; out_dim * groups];
-        let fill = |row: &[f64], b: &mut [u8], o: &mut [f16]| encode_row(row, b, o, step);
-        convert_rows(
+        // One encoder per worker: the rows share their groups' offsets' code values.
+        convert_rows_with(
             Self::NAME,
             w,
-            &mut bytes,
-            per_row,
-            &mut offsets,
-            groups,
-            fill,
+            (&mut bytes, per_row),
+            (&mut offsets, groups),
+            || RowEncoder::new(step),
+            |enc: &mut RowEncoder, row, b, o| enc.encode(row, b, o),
         )?;
         let device = w.device();
         let (order, bytes, offsets) = if exp == ExpMode::Table {
